@@ -1,0 +1,178 @@
+"""The backend contract: what a store plugin implements.
+
+A backend translates a handful of primitives to its store. Everything else — keepalive
+scheduling, self-demotion deadlines, retries with backoff, re-establishing watches, the
+candidate state machine and the user-facing streams — lives in the core. A plugin should not
+grow a retry loop or a state machine; if it needs one, the core is missing something.
+
+Error contract for every coroutine below:
+
+* :class:`~leadership.errors.StoreUnavailableError` — transient (connection refused, timeout,
+  store leader election in progress). The core retries with capped, jittered backoff.
+* :class:`~leadership.errors.SessionLostError` — the session is gone on the store. The core
+  demotes every election on it, opens a new session and campaigns again.
+* :class:`~leadership.errors.PermanentStoreError` (e.g. ``AuthenticationError``) — retrying
+  cannot help; the core surfaces it to the user.
+
+Translate every client exception into one of these; anything else escaping a backend is treated
+as a bug and surfaced to the user.
+
+Cancellation: the core cancels ``campaign`` (``stop()``, session lost) and ``observe``
+iterators at any await point. They must not leave background work behind; the core calls
+:meth:`Backend.withdraw` afterwards to remove the candidate's entry.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import ClassVar
+
+from .url import StoreURL
+
+__all__ = ["Backend", "BackendFactory", "Session", "Term"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One won election: who leads ``key`` and the term's fencing token.
+
+    ``token`` is strictly increasing across successive terms of the same key on the same store
+    (etcd: the leader entry's create revision; ZooKeeper: its czxid; Consul: the raft index of
+    the acquiring write). Downstream systems reject requests carrying a token lower than the
+    highest they have seen.
+    """
+
+    key: str
+    leader: str
+    token: int
+
+
+class Session(abc.ABC):
+    """A store session (etcd lease, ZooKeeper session, Consul session).
+
+    One session is shared by every election with the same ttl on one store connection, so a
+    process holding thousands of elections sends O(1) keepalive traffic. The core calls
+    :meth:`refresh` every :attr:`refresh_interval` seconds and demotes every leader on this
+    session if no refresh was confirmed within :attr:`guaranteed` seconds (minus a safety
+    margin) of the moment it was sent.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._lost_callback: Callable[[], None] | None = None
+
+    @property
+    @abc.abstractmethod
+    def id(self) -> str:
+        """The store's identifier for the session (lease id, session id), for logs and keys."""
+
+    @property
+    def guaranteed(self) -> float:
+        """Seconds after a confirmed :meth:`refresh` was sent during which the store promises not to
+        expire the session. Default: ``ttl``. Consul overrides it (session TTL = ttl/2)."""
+        return self.ttl
+
+    @property
+    def refresh_interval(self) -> float:
+        """How often the core refreshes. Default: a third of :attr:`guaranteed`."""
+        return self.guaranteed / 3
+
+    @abc.abstractmethod
+    async def refresh(self) -> None:
+        """One renewal round trip. Return only once the store confirmed the session is alive.
+
+        Raise SessionLostError when the store says the session no longer exists, and
+        StoreUnavailableError when it cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Revoke the session, releasing every entry it holds. Must not raise when it is already
+        gone; may raise StoreUnavailableError (the session then expires by itself)."""
+
+    # -- push notification, optional -------------------------------------------------------
+    def set_lost_callback(self, callback: Callable[[], None] | None) -> None:
+        """Used by the core. Backends call :meth:`notify_lost` instead."""
+        self._lost_callback = callback
+
+    def notify_lost(self) -> None:
+        """A backend that learns of the loss asynchronously (ZooKeeper's LOST state) calls this,
+        from the event loop thread, so the core demotes at once instead of at the next refresh."""
+        if self._lost_callback is not None:
+            self._lost_callback()
+
+
+class Backend(abc.ABC):
+    """One connection to one store (possibly several endpoints of one cluster).
+
+    Keys reaching a backend are already validated by the core: one or more segments of
+    ``[A-Za-z0-9._-]`` joined by ``/``, no leading or trailing slash. Names are non-empty
+    strings. A backend maps a key to its own namespace (etcd prefix, ZooKeeper path, Consul KV
+    path) however it likes, consistently for candidates and observers.
+    """
+
+    #: The smallest ttl (seconds) the store can honour; below it the core raises InvalidTTLError.
+    min_ttl: ClassVar[float] = 1.0
+    #: The largest ttl, or None for no limit.
+    max_ttl: ClassVar[float | None] = None
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect. Raise PermanentStoreError/AuthenticationError for errors retrying cannot fix,
+        StoreUnavailableError when the store is merely unreachable (the core retries)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every client resource. Sessions were already closed by the core."""
+
+    @abc.abstractmethod
+    async def create_session(self, ttl: float) -> Session:
+        """Open a session whose entries the store removes at most ``ttl`` seconds after the last
+        confirmed refresh (the caller has already checked ``min_ttl <= ttl <= max_ttl``)."""
+
+    @abc.abstractmethod
+    async def campaign(self, session: Session, key: str, name: str) -> Term:
+        """Queue for ``key`` with ``session`` and return once this entry leads.
+
+        * FIFO without a herd: the entry waits only on its immediate predecessor, so a handover
+          costs O(1) store requests however many candidates wait.
+        * Idempotent per (session, key): calling again after a transient error re-uses an entry
+          the session already has, keeping its place in the queue.
+        * After waiting, check that the entry still exists and belongs to a live session before
+          returning (raise SessionLostError otherwise) — returning a stale win is a split brain.
+        * The returned term carries ``name`` and the fencing token.
+        """
+
+    @abc.abstractmethod
+    async def withdraw(self, session: Session, key: str) -> None:
+        """Remove this session's entry for ``key`` — leading or still waiting — so the next
+        candidate in line takes over at once. Doing nothing when there is no entry is fine."""
+
+    @abc.abstractmethod
+    async def get_leader(self, key: str) -> Term | None:
+        """The current term of ``key``, or None when nobody leads."""
+
+    @abc.abstractmethod
+    def observe(self, key: str) -> AsyncIterator[Term | None]:
+        """Yield the current term of ``key`` at once, then again on every change (None: no leader).
+
+        Yielding a value equal to the previous one is allowed (the core drops duplicates). The
+        iterator raises StoreUnavailableError when its watch breaks; the core re-creates it.
+        """
+
+    async def ping(self) -> Hashable:
+        """A cheap round trip used as a health check while watches are open.
+
+        Return an identifier of the store's current incarnation if the store exposes one (raft
+        term, cluster id, ...): when it changes between pings the core re-establishes every
+        watch, since some clients leave a watch silently stalled after a store restart.
+        The default reads a key and returns None.
+        """
+        await self.get_leader("leadership-health-check")
+        return None
+
+
+#: What a plugin registers: a callable turning a parsed URL into a Backend (usually the class).
+#: It validates the URL and options and raises ConfigurationError naming what is wrong.
+BackendFactory = Callable[[StoreURL], Backend]
