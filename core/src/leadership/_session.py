@@ -1,0 +1,216 @@
+"""Shared sessions: one per (store connection, ttl), kept alive by one task, with the
+self-demotion deadline every leader on it obeys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ._util import DEFAULT_RETRY
+from .backend import Session
+from .errors import ClosedError, LeadershipError, SessionLostError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from .store import AsyncStore
+
+log = logging.getLogger(__name__)
+
+
+class Generation:
+    """One incarnation of a shared session. Once lost it never comes back; the manager opens
+    the next generation."""
+
+    def __init__(self, raw: Session, deadline: float) -> None:
+        self.raw = raw
+        #: Monotonic time after which the store could have expired the session. Leaders on this
+        #: generation report False from then on, whether or not the loop got to run.
+        self.deadline = deadline
+        self.lost = asyncio.Event()
+        self.reason = ""
+
+    def alive(self) -> bool:
+        return not self.lost.is_set() and time.monotonic() < self.deadline
+
+    def lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.reason = reason
+            self.lost.set()
+
+
+class SharedSession:
+    """The session every election with this ttl on this store uses. Reference counted: the
+    last user's release closes it."""
+
+    def __init__(self, store: AsyncStore, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        #: Keys of the candidates using it: a session holds one entry per key.
+        self.keys: set[str] = set()
+        self.current: Generation | None = None
+        self._changed = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leadership-session-ttl{self.ttl:g}")
+
+    async def generation(self) -> Generation:
+        """The live generation, waiting for one to be opened if needed."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise ClosedError("the store is closing")
+            gen = self.current
+            if gen is not None and gen.alive():
+                return gen
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _publish(self, gen: Generation | None) -> None:
+        self.current = gen
+        self._changed.set()
+
+    def _margin(self, raw: Session) -> float:
+        if self.store.safety_margin is not None:
+            return self.store.safety_margin
+        return min(1.0, 0.1 * raw.guaranteed)
+
+    def _arm(self, gen: Generation) -> None:
+        """(Re)schedule the self-demotion at the deadline, on the monotonic clock."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, gen.deadline - time.monotonic())
+        self._timer = loop.call_later(delay, self._expire, gen)
+
+    def _expire(self, gen: Generation) -> None:
+        if gen.lost.is_set():
+            return
+        if time.monotonic() < gen.deadline:  # extended meanwhile
+            self._arm(gen)
+            return
+        log.warning(
+            "session %s (ttl %gs) on %s not confirmed in time: demoting its leaders",
+            gen.raw.id, self.ttl, self.store.display_url,
+        )
+        gen.lose("session_lost")
+        self._changed.set()
+
+    async def _run(self) -> None:
+        retry = DEFAULT_RETRY
+        attempt = 0
+        while not self._closing:
+            try:
+                await self.store.ensure_open()
+                sent = time.monotonic()
+                raw = await self.store.backend.create_session(self.ttl)
+            except StoreUnavailableError as exc:
+                attempt += 1
+                delay = retry.delay(attempt)
+                self.store.report_error(exc, "create_session", attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # permanent: every waiting user gets it
+                self.store.report_error(exc, "create_session", attempt + 1, None)
+                self._failure = exc if isinstance(exc, LeadershipError) else exc
+                self._changed.set()
+                return
+            attempt = 0
+            gen = Generation(raw, sent + raw.guaranteed - self._margin(raw))
+            raw.set_lost_callback(lambda g=gen: self._on_lost(g))
+            log.debug("opened session %s (ttl %gs) on %s", raw.id, self.ttl, self.store.display_url)
+            self._arm(gen)
+            self._publish(gen)
+            try:
+                await self._keepalive(gen)
+            finally:
+                gen.lose(gen.reason or "session_lost")
+                self._changed.set()
+                if self._timer is not None:
+                    self._timer.cancel()
+                # The store may still hold it (we merely could not confirm it): revoke, so the
+                # next candidate does not wait for the store to expire it.
+                await self._close_raw(raw)
+
+    def _on_lost(self, gen: Generation) -> None:
+        log.warning("store reports session %s lost on %s", gen.raw.id, self.store.display_url)
+        gen.lose("session_lost")
+        self._changed.set()
+
+    async def _keepalive(self, gen: Generation) -> None:
+        raw = gen.raw
+        failures = 0
+        retry = DEFAULT_RETRY
+        interval = raw.refresh_interval
+        next_at = time.monotonic() + interval
+        while not self._closing and not gen.lost.is_set():
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(gen.lost.wait(), wait)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            sent = time.monotonic()
+            budget = gen.deadline - sent
+            if budget <= 0:
+                gen.lose("session_lost")
+                return
+            try:
+                await asyncio.wait_for(raw.refresh(), budget)
+            except SessionLostError as exc:
+                self.store.report_error(exc, "refresh", failures + 1, None)
+                gen.lose("session_lost")
+                return
+            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                failures += 1
+                delay = min(retry.delay(failures), interval)
+                self.store.report_error(exc, "refresh", failures, delay)
+                self.store.mark_unhealthy()
+                next_at = time.monotonic() + delay
+                continue
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self.store.report_error(exc, "refresh", failures + 1, None)
+                gen.lose("session_lost")
+                return
+            if gen.lost.is_set():
+                return
+            if failures:
+                self.store.mark_healthy()
+            failures = 0
+            gen.deadline = max(gen.deadline, sent + raw.guaranteed - self._margin(raw))
+            self._arm(gen)
+            next_at = sent + interval
+
+    async def _close_raw(self, raw: Session) -> None:
+        try:
+            await asyncio.wait_for(raw.close(), timeout=max(1.0, raw.refresh_interval))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the store expires it by itself
+            log.debug("closing session %s failed (%s); it will expire by itself", raw.id, exc)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._changed.set()
+        if self._task is not None:
+            task = self._task
+            if self.current is not None:
+                self.current.lose("stopped")
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=5)
+            except (asyncio.TimeoutError, Exception):
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()

@@ -1,0 +1,185 @@
+"""Small pieces the core's state machines share: validation, backoff, a single-consumer stream."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import random
+import re
+from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
+
+from .errors import InvalidArgumentError, InvalidTTLError, LeadershipError
+
+_T = TypeVar("_T")
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_KEY_LENGTH = 512
+MAX_NAME_BYTES = 4096
+
+
+def validate_key(key: object) -> str:
+    """A key is ``segment[/segment...]`` with segments of ``[A-Za-z0-9._-]``."""
+    if not isinstance(key, str):
+        raise InvalidArgumentError(f"election key must be a str, got {type(key).__name__}")
+    if not key:
+        raise InvalidArgumentError("election key must not be empty; e.g. 'service/swarm/leader'")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgumentError(f"election key is {len(key)} characters long; at most {MAX_KEY_LENGTH} allowed")
+    for segment in key.split("/"):
+        if not segment:
+            raise InvalidArgumentError(
+                f"election key {key!r} has an empty segment (leading, trailing or double '/'); "
+                "use segments joined by single slashes, e.g. 'service/swarm/leader'"
+            )
+        if segment in (".", ".."):
+            raise InvalidArgumentError(f"election key {key!r}: '.' and '..' are not allowed as segments")
+        if not _SEGMENT.match(segment):
+            raise InvalidArgumentError(
+                f"election key {key!r}: segment {segment!r} has characters outside [A-Za-z0-9._-]"
+            )
+    return key
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"candidate name must be a str, got {type(name).__name__}")
+    if not name or not name.strip():
+        raise InvalidArgumentError("candidate name must not be empty or blank")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidArgumentError(f"candidate name is longer than {MAX_NAME_BYTES} bytes of UTF-8")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgumentError(f"candidate name {name!r} contains control characters")
+    return name
+
+
+def validate_ttl(ttl: object, minimum: float, maximum: float | None, backend: str) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise InvalidTTLError(f"ttl must be a number of seconds, got {type(ttl).__name__}")
+    value = float(ttl)
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidTTLError(f"ttl must be a finite number of seconds, got {ttl!r}")
+    if value < minimum:
+        raise InvalidTTLError(
+            f"ttl={value:g}s is below the minimum of {minimum:g}s for the {backend} backend "
+            f"(allowed: {minimum:g}s" + (f" to {maximum:g}s)" if maximum else " or more)")
+        )
+    if maximum is not None and value > maximum:
+        raise InvalidTTLError(
+            f"ttl={value:g}s is above the maximum of {maximum:g}s for the {backend} backend "
+            f"(allowed: {minimum:g}s to {maximum:g}s)"
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Capped, jittered exponential backoff for transient store errors.
+
+    Pass ``retry=None`` to a Candidate or Follower instead to have store errors end the stream
+    (the iterator raises), and retry yourself — the original library's fault-tolerance pattern.
+    """
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise InvalidArgumentError("RetryPolicy needs 0 < initial <= maximum")
+        if self.multiplier < 1:
+            raise InvalidArgumentError("RetryPolicy.multiplier must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise InvalidArgumentError("RetryPolicy.jitter must be between 0 and 1")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        return base * (1 - self.jitter * random.random())
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Stream(Generic[_T]):
+    """An unbounded single-consumer stream: nothing put is ever dropped; ``close`` ends it,
+    optionally with an exception the consumer receives after the values already queued."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[_T] = collections.deque()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._wakeup = asyncio.Event()
+        self._consuming = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, item: _T) -> None:
+        if not self._closed:
+            self._items.append(item)
+            self._wakeup.set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._error = error
+            self._wakeup.set()
+
+    async def get(self) -> _T:
+        """The next item; raises StopAsyncIteration at the end (or the closing error)."""
+        while not self._items:
+            if self._closed:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+    async def iterate(self) -> AsyncIterator[_T]:
+        if self._consuming:
+            raise LeadershipError("this stream already has a consumer; iterate it from one place only")
+        self._consuming = True
+        try:
+            while True:
+                try:
+                    item = await self.get()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            self._consuming = False
+
+
+async def wait_first(*aws: asyncio.Future[object] | asyncio.Task[object] | asyncio.Event) -> None:
+    """Wait until any of the futures/tasks is done or any of the events is set. Cancels nothing
+    it was given; cleans up the helper tasks it made for events."""
+    helpers: list[asyncio.Task[object]] = []
+    futures: list[asyncio.Future[object]] = []
+    for aw in aws:
+        if isinstance(aw, asyncio.Event):
+            if aw.is_set():
+                for t in helpers:
+                    t.cancel()
+                return
+            helpers.append(asyncio.ensure_future(aw.wait()))
+        else:
+            if aw.done():
+                for t in helpers:
+                    t.cancel()
+                return
+            futures.append(aw)
+    try:
+        await asyncio.wait([*futures, *helpers], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in helpers:
+            if not t.done():
+                t.cancel()
+        if helpers:
+            await asyncio.gather(*helpers, return_exceptions=True)

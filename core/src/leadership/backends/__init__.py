@@ -1,0 +1,1 @@
+"""Backends shipped with the core (only ``memory``; real stores are separate plugins)."""

@@ -1,0 +1,504 @@
+"""Candidates: run for election on a key and report every change of leadership as a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ._session import Generation, SharedSession
+from ._util import DEFAULT_RETRY, RetryPolicy, Stream, validate_key, validate_name, validate_ttl, wait_first
+from .backend import Term
+from .errors import (
+    ClosedError,
+    InvalidArgumentError,
+    LeadershipError,
+    SessionLostError,
+    StoreError,
+    StoreUnavailableError,
+)
+from .store import AsyncStore, Store
+
+__all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError"]
+
+log = logging.getLogger(__name__)
+
+
+class NotLeaderError(LeadershipError):
+    """Leadership was lost (or never held) where the caller required it."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class AsyncCandidate:
+    """Runs for election on ``key`` as ``name``, for asyncio code.
+
+    ``async for elected in candidate.run_for_election()`` yields False first, True when elected,
+    False when leadership is resigned or lost, and keeps campaigning until :meth:`stop`.
+
+    :param ttl: the longest a crashed leader keeps the key from the others, in seconds.
+    :param retry: backoff for transient store errors; None makes a store error end the stream
+        (the iterator raises it) so the caller can retry on its own schedule.
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        key: str,
+        name: str,
+        ttl: float = 15.0,
+        *,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        if not isinstance(store, AsyncStore):
+            raise InvalidArgumentError(
+                f"store must be an AsyncStore (from leadership.aconnect), got {type(store).__name__}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+        backend = store.backend
+        self.store = store
+        self.key = validate_key(key)
+        self.name = validate_name(name)
+        self.ttl = validate_ttl(ttl, type(backend).min_ttl, type(backend).max_ttl, store.scheme)
+        self.retry = retry
+        self._stream: Stream[bool] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._shared: SharedSession | None = None
+        self._term: Term | None = None
+        self._gen: Generation | None = None
+        self._last: bool | None = None
+        self._resign = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stopped = False
+        self._elected_waiters: list[asyncio.Future[Term]] = []
+        self._lost = asyncio.Event()
+        self.last_error: BaseException | None = None
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        """True only while elected and the session's deadline has not passed (checked on read)."""
+        gen = self._gen
+        return self._term is not None and gen is not None and gen.alive()
+
+    @property
+    def term(self) -> Term | None:
+        """The current term (leader name and fencing token) while leading, else None."""
+        return self._term if self.is_leader else None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- the stream ------------------------------------------------------------------------------
+    def run_for_election(self) -> AsyncIterator[bool]:
+        """Start campaigning (if not already) and return the stream of leadership changes."""
+        self._start()
+        assert self._stream is not None
+        return self._stream.iterate()
+
+    def _start(self) -> None:
+        if self._stopped:
+            raise ClosedError(f"candidate {self.name!r} for {self.key!r} was stopped; create a new one")
+        if self._task is not None and not self._task.done():
+            return
+        self.store._register(self)
+        self._stream = Stream()
+        self._last = None
+        self._shared = self.store.acquire_session(self.ttl, self.key)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leadership-candidate-{self.key}")
+
+    def _emit(self, value: bool) -> None:
+        if value != self._last and self._stream is not None:
+            self._last = value
+            self._stream.put(value)
+
+    async def resign(self) -> None:
+        """Give up leadership now and keep campaigning (from the back of the queue). Does nothing
+        when not leading. Returns once the stream has reported False."""
+        task = self._task
+        if self._term is None or task is None or task.done():
+            return
+        lost = self._lost
+        self._resign.set()
+        await wait_first(lost, self._stop, task)
+
+    async def stop(self) -> None:
+        """Release leadership if held, interrupt a pending campaign, end the stream. Idempotent."""
+        self._stopped = True
+        self._stop.set()
+        task = self._task
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        if self._stream is not None:
+            self._stream.close()
+        if self._shared is not None:
+            shared, self._shared = self._shared, None
+            await self.store.release_session(shared, self.key)
+        self.store._unregister(self)
+
+    async def wait_elected(self, timeout: float | None = None) -> Term:
+        """Wait until this candidate leads (starting the campaign if needed) and return the term."""
+        self._start()
+        term = self.term
+        if term is not None:
+            return term
+        fut: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
+        self._elected_waiters.append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            if fut in self._elected_waiters:
+                self._elected_waiters.remove(fut)
+
+    def leadership(self, timeout: float | None = None) -> AsyncLeadership:
+        """``async with candidate.leadership() as lease:`` waits to be elected, runs the block as
+        leader and resigns when it ends. ``lease.lost`` is set if leadership is lost meanwhile."""
+        return AsyncLeadership(self, timeout)
+
+    # -- the state machine -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        self._emit(False)
+        attempt = 0
+        error: BaseException | None = None
+        assert self._shared is not None
+        try:
+            while not self._stop.is_set():
+                try:
+                    gen = await self._until_stop(self._shared.generation())
+                    self._gen = gen
+                    term = await self._guarded(self.store.backend.campaign(gen.raw, self.key, self.name), gen)
+                    if not gen.alive():
+                        raise SessionLostError("session lost while the campaign returned")
+                    attempt = 0
+                    await self._lead(gen, term)
+                except _Stopped:
+                    break
+                except SessionLostError:
+                    continue  # the shared session opens the next generation; campaign again on it
+                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                    attempt += 1
+                    if self.retry is None:
+                        self.store.report_error(exc, "campaign", attempt, None)
+                        error = exc
+                        break
+                    delay = self.retry.delay(attempt)
+                    self.store.report_error(exc, "campaign", attempt, delay)
+                    try:
+                        await self._until_stop(asyncio.sleep(delay))
+                    except _Stopped:
+                        break
+        except (StoreError, LeadershipError) as exc:
+            self.store.report_error(exc, "campaign", attempt + 1, None)
+            error = exc
+        except Exception as exc:  # a backend bug: surface it, never die silently
+            log.exception("candidate %r for %r failed", self.name, self.key)
+            error = exc
+        finally:
+            await self._cleanup()
+            self.last_error = error
+            if self._stream is not None:
+                self._stream.close(error)
+            for fut in self._elected_waiters:
+                if not fut.done():
+                    fut.set_exception(error or ClosedError("candidate stopped before it was elected"))
+
+    async def _cleanup(self) -> None:
+        self._set_demoted(None, "stopped")
+        gen = self._gen
+        if gen is not None and gen.alive():
+            try:
+                await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=5)
+            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - the session close releases it too
+                log.debug("withdraw on stop failed: %s", exc)
+
+    async def _until_stop(self, aw: Any) -> Any:
+        task = asyncio.ensure_future(aw)
+        try:
+            await wait_first(task, self._stop)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise _Stopped
+
+    async def _guarded(self, aw: Any, gen: Generation) -> Any:
+        """Run ``aw`` until it finishes, the session is lost, or stop() is called."""
+        task = asyncio.ensure_future(aw)
+        try:
+            await wait_first(task, self._stop, gen.lost)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if self._stop.is_set():
+            raise _Stopped
+        raise SessionLostError(f"session lost ({gen.reason})")
+
+    async def _lead(self, gen: Generation, term: Term) -> None:
+        self._resign.clear()
+        self._lost = asyncio.Event()
+        self._term = term
+        log.info("%r elected for %r (token %d)", self.name, self.key, term.token)
+        self._emit(True)
+        self.store.notify("leadership_elected", key=self.key, name=self.name, token=term.token)
+        for fut in self._elected_waiters:
+            if not fut.done():
+                fut.set_result(term)
+        watch = asyncio.ensure_future(self._watch_replaced(term))
+        try:
+            await wait_first(gen.lost, self._stop, self._resign, watch)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if self._stop.is_set():
+            raise _Stopped
+        if self._resign.is_set():
+            self._set_demoted(term, "resigned")
+            await self._withdraw_with_retry(gen)
+            return
+        if gen.lost.is_set():
+            self._set_demoted(term, "session_lost")
+            raise SessionLostError(gen.reason)
+        self._set_demoted(term, "replaced")
+        # The store no longer shows us leading; our entry is gone or was never first. Remove
+        # whatever is left and campaign again.
+        await self._withdraw_with_retry(gen)
+
+    def _set_demoted(self, term: Term | None, reason: str) -> None:
+        term = term or self._term
+        self._term = None
+        self._lost.set()
+        if term is not None:
+            log.info("%r no longer leads %r (token %d): %s", self.name, self.key, term.token, reason)
+            self.store.notify("leadership_demoted", key=self.key, name=self.name, token=term.token, reason=reason)
+        self._emit(False)
+
+    async def _withdraw_with_retry(self, gen: Generation) -> None:
+        attempt = 0
+        while gen.alive() and not self._stop.is_set():
+            try:
+                await self._guarded(self.store.backend.withdraw(gen.raw, self.key), gen)
+                return
+            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                attempt += 1
+                delay = (self.retry or DEFAULT_RETRY).delay(attempt)
+                self.store.report_error(exc, "withdraw", attempt, delay)
+                await self._until_stop(asyncio.sleep(delay))
+
+    async def _watch_replaced(self, term: Term) -> None:
+        """Return when the store shows a leader other than this term (or none)."""
+        attempt = 0
+        async with self.store.watching():
+            while True:
+                epoch = self.store.epoch_event()
+                try:
+                    async for current in self.store.backend.observe(self.key):
+                        attempt = 0
+                        if current is None or current.token != term.token:
+                            return
+                        if epoch.is_set():
+                            break
+                    else:
+                        raise StoreUnavailableError("watch ended")
+                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                    # The session deadline protects leadership during an outage; keep watching.
+                    attempt += 1
+                    delay = DEFAULT_RETRY.delay(attempt)
+                    self.store.report_error(exc, "observe", attempt, delay)
+                    await asyncio.sleep(delay)
+
+    def __repr__(self) -> str:
+        state = "leader" if self.is_leader else ("running" if self.running else "idle")
+        return f"<AsyncCandidate {self.name!r} key={self.key!r} ttl={self.ttl:g} {state}>"
+
+
+class AsyncLeadership:
+    """Holds leadership for an ``async with`` block; resigns when the block ends."""
+
+    def __init__(self, candidate: AsyncCandidate, timeout: float | None) -> None:
+        self.candidate = candidate
+        self.timeout = timeout
+        self.term: Term | None = None
+        self.lost = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.candidate.is_leader and self.candidate.term == self.term
+
+    def check(self) -> Term:
+        """Return the term, or raise NotLeaderError if leadership was lost."""
+        if not self.valid or self.term is None:
+            raise NotLeaderError(f"{self.candidate.name!r} no longer leads {self.candidate.key!r}")
+        return self.term
+
+    async def __aenter__(self) -> AsyncLeadership:
+        self.term = await self.candidate.wait_elected(self.timeout)
+        lost = self.candidate._lost
+
+        async def watch() -> None:
+            await lost.wait()
+            self.lost.set()
+
+        self._watch = asyncio.ensure_future(watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self.valid:
+            await self.candidate.resign()
+
+
+class Candidate:
+    """Runs for election on ``key`` as ``name`` (synchronous API).
+
+    >>> store = leadership.connect("memory://")
+    >>> candidate = leadership.Candidate(store, "service/swarm/leader", "underwood", ttl=15.0)
+    >>> for elected in candidate.run_for_election(): ...
+
+    :param ttl: the longest a crashed leader keeps the key from the others, in seconds.
+    :param retry: backoff for transient store errors; None makes a store error end the stream
+        (the iterator raises it) so the caller can retry on its own schedule.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        name: str,
+        ttl: float = 15.0,
+        *,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        if not isinstance(store, Store):
+            raise InvalidArgumentError(
+                f"store must be a Store (from leadership.connect), got {type(store).__name__}; "
+                "use leadership.aio.Candidate with an AsyncStore"
+            )
+        self.store = store
+        # Validate in the caller's thread, so bad input fails at this call.
+        validate_key(key)
+        validate_name(name)
+        backend = type(store.aio.backend)
+        validate_ttl(ttl, backend.min_ttl, backend.max_ttl, store.aio.scheme)
+        self.aio: AsyncCandidate = store._runner.call(lambda: AsyncCandidate(store.aio, key, name, ttl, retry=retry))
+
+    key = property(lambda self: self.aio.key)
+    name = property(lambda self: self.aio.name)
+    ttl = property(lambda self: self.aio.ttl)
+
+    @property
+    def is_leader(self) -> bool:
+        """True only while elected and the session's deadline has not passed (checked on read)."""
+        return self.aio.is_leader
+
+    @property
+    def term(self) -> Term | None:
+        """The current term (leader name and fencing token) while leading, else None."""
+        return self.aio.term
+
+    def run_for_election(self) -> Iterator[bool]:
+        """Start campaigning and iterate leadership changes: False first, then True/False.
+
+        The iterator ends after :meth:`stop`; with ``retry=None`` it raises the store error that
+        ended it, and calling run_for_election() again starts over.
+        """
+        agen = self.store._run(_start_iter(self.aio))
+        return _sync_iter(self.store, agen)
+
+    def resign(self) -> None:
+        """Give up leadership now and keep campaigning. Does nothing when not leading."""
+        self.store._run(self.aio.resign())
+
+    def stop(self) -> None:
+        """Release leadership if held, interrupt a pending campaign, end the stream."""
+        if self.store.closed:
+            return
+        self.store._run(self.aio.stop())
+
+    def wait_elected(self, timeout: float | None = None) -> Term:
+        return self.store._run(self.aio.wait_elected(timeout))
+
+    @contextlib.contextmanager
+    def leadership(self, timeout: float | None = None) -> Iterator[Leadership]:
+        """``with candidate.leadership() as lease:`` blocks until elected, runs the block as the
+        leader and resigns when it ends. Call ``lease.check()`` before acting on the leadership
+        (it raises NotLeaderError once lost); ``lease.lost`` is a threading.Event."""
+        term = self.wait_elected(timeout)
+        lease = Leadership(self, term)
+        lost_async = self.aio._lost
+
+        async def watch() -> None:
+            await lost_async.wait()
+            lease.lost.set()
+
+        watcher = self.store._runner.submit(watch())
+        try:
+            yield lease
+        finally:
+            watcher.cancel()
+            if lease.valid:
+                self.resign()
+
+    def __enter__(self) -> Candidate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return repr(self.aio).replace("AsyncCandidate", "Candidate")
+
+
+class Leadership:
+    """What ``Candidate.leadership()`` yields: the term, and a way to notice it ended."""
+
+    def __init__(self, candidate: Candidate, term: Term) -> None:
+        self.candidate = candidate
+        self.term = term
+        self.lost = threading.Event()
+
+    @property
+    def valid(self) -> bool:
+        return self.candidate.is_leader and self.candidate.term == self.term
+
+    def check(self) -> Term:
+        if not self.valid:
+            raise NotLeaderError(f"{self.candidate.name!r} no longer leads {self.candidate.key!r}")
+        return self.term
+
+
+async def _start_iter(candidate: AsyncCandidate) -> AsyncIterator[bool]:
+    return candidate.run_for_election()
+
+
+def _sync_iter(store: Store, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    while True:
+        try:
+            item = store._runner.run_until_stopped(_anext(agen))
+        except StopAsyncIteration:
+            return
+        yield item
+
+
+async def _anext(agen: AsyncIterator[Any]) -> Any:
+    return await agen.__anext__()

@@ -1,0 +1,219 @@
+"""Followers: watch an election and report who leads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ._util import DEFAULT_RETRY, RetryPolicy, Stream, validate_key, wait_first
+from .backend import Term
+from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
+from .store import AsyncStore, Store
+
+__all__ = ["AsyncFollower", "Follower"]
+
+log = logging.getLogger(__name__)
+
+_NOTHING: Any = object()
+
+
+class AsyncFollower:
+    """Follows the election on ``key``, for asyncio code.
+
+    ``async for leader in follower.follow_election()`` yields the leader's name at start (once
+    someone leads) and on every change, consecutive duplicates dropped. ``follower.terms()`` is
+    the richer stream: every :class:`Term`, or None while nobody leads.
+    """
+
+    def __init__(self, store: AsyncStore, key: str, *, retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
+        if not isinstance(store, AsyncStore):
+            raise InvalidArgumentError(
+                f"store must be an AsyncStore (from leadership.aconnect), got {type(store).__name__}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+        self.store = store
+        self.key = validate_key(key)
+        self.retry = retry
+        self.term: Term | None = None
+        self._seen: Any = _NOTHING
+        self._stream: Stream[Term | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._stopped = False
+        self.last_error: BaseException | None = None
+
+    @property
+    def leader(self) -> str | None:
+        """The latest leader's name (None while nobody leads or before the first read)."""
+        return self.term.leader if self.term is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _start(self) -> Stream[Term | None]:
+        if self._stopped:
+            raise ClosedError(f"follower of {self.key!r} was stopped; create a new one")
+        if self._task is None or self._task.done():
+            self.store._register(self)
+            self._stream = Stream()
+            self._seen = _NOTHING
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leadership-follower-{self.key}")
+        assert self._stream is not None
+        return self._stream
+
+    def terms(self) -> AsyncIterator[Term | None]:
+        """Every change of term: a Term, or None while nobody leads; duplicates dropped."""
+        return self._start().iterate()
+
+    async def follow_election(self) -> AsyncIterator[str]:
+        """Leader names, consecutive duplicates dropped (no-leader periods are skipped)."""
+        previous: str | None = None
+        async for term in self._start().iterate():
+            if term is not None and term.leader != previous:
+                previous = term.leader
+                yield term.leader
+
+    async def stop(self) -> None:
+        """End the streams and the watch. Idempotent."""
+        self._stopped = True
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._stream is not None:
+            self._stream.close()
+        self.store._unregister(self)
+
+    def _update(self, term: Term | None) -> None:
+        if term == self._seen:
+            return
+        self._seen = term
+        self.term = term
+        if self._stream is not None:
+            self._stream.put(term)
+        self.store.notify(
+            "leadership_leader_changed",
+            key=self.key,
+            leader=term.leader if term else None,
+            token=term.token if term else None,
+        )
+
+    async def _run(self) -> None:
+        attempt = 0
+        error: BaseException | None = None
+        try:
+            async with self.store.watching():
+                while not self._stop.is_set():
+                    epoch = self.store.epoch_event()
+                    try:
+                        await self.store.ensure_open()
+                        iterator = self.store.backend.observe(self.key)
+                        try:
+                            while True:
+                                nxt = asyncio.ensure_future(iterator.__anext__())
+                                await wait_first(nxt, self._stop, epoch)
+                                if not nxt.done():
+                                    nxt.cancel()
+                                    await asyncio.gather(nxt, return_exceptions=True)
+                                    break  # stopped, or the watch must be re-established
+                                try:
+                                    term = nxt.result()
+                                except StopAsyncIteration:
+                                    raise StoreUnavailableError("watch ended") from None
+                                attempt = 0
+                                self._update(term)
+                        finally:
+                            aclose = getattr(iterator, "aclose", None)
+                            if aclose is not None:
+                                await asyncio.gather(aclose(), return_exceptions=True)
+                    except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                        attempt += 1
+                        if self.retry is None:
+                            self.store.report_error(exc, "observe", attempt, None)
+                            error = exc
+                            return
+                        delay = self.retry.delay(attempt)
+                        self.store.report_error(exc, "observe", attempt, delay)
+                        await wait_first(asyncio.ensure_future(asyncio.sleep(delay)), self._stop)
+        except LeadershipError as exc:
+            self.store.report_error(exc, "observe", attempt + 1, None)
+            error = exc
+        except Exception as exc:
+            log.exception("follower of %r failed", self.key)
+            error = exc
+        finally:
+            self.last_error = error
+            if self._stream is not None:
+                self._stream.close(error)
+
+    def __repr__(self) -> str:
+        return f"<AsyncFollower key={self.key!r} leader={self.leader!r}>"
+
+
+class Follower:
+    """Follows the election on ``key`` (synchronous API).
+
+    >>> for leader in leadership.Follower(store, "service/swarm/leader").follow_election(): ...
+    """
+
+    def __init__(self, store: Store, key: str, *, retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
+        if not isinstance(store, Store):
+            raise InvalidArgumentError(
+                f"store must be a Store (from leadership.connect), got {type(store).__name__}; "
+                "use leadership.aio.Follower with an AsyncStore"
+            )
+        validate_key(key)
+        self.store = store
+        self.aio: AsyncFollower = store._runner.call(lambda: AsyncFollower(store.aio, key, retry=retry))
+
+    key = property(lambda self: self.aio.key)
+
+    @property
+    def leader(self) -> str | None:
+        return self.aio.leader
+
+    @property
+    def term(self) -> Term | None:
+        return self.aio.term
+
+    def follow_election(self) -> Iterator[str]:
+        """Leader names as they change, consecutive duplicates dropped."""
+        return _iterate(self.store, self.aio.follow_election)
+
+    def terms(self) -> Iterator[Term | None]:
+        """Every change of term (None while nobody leads)."""
+        return _iterate(self.store, self.aio.terms)
+
+    def stop(self) -> None:
+        if self.store.closed:
+            return
+        self.store._run(self.aio.stop())
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return repr(self.aio).replace("AsyncFollower", "Follower")
+
+
+def _iterate(store: Store, make: Any) -> Iterator[Any]:
+    async def start() -> AsyncIterator[Any]:
+        return make()  # type: ignore[no-any-return]
+
+    agen = store._run(start())
+
+    async def anext() -> Any:
+        return await agen.__anext__()
+
+    while True:
+        try:
+            item = store._runner.run_until_stopped(anext())
+        except StopAsyncIteration:
+            return
+        yield item
