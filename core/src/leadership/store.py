@@ -142,6 +142,10 @@ class AsyncStore:
                 del self._sessions[shared.ttl]
             await shared.close()
 
+    def session_count(self) -> int:
+        """How many store sessions this connection holds open (one per ttl, normally)."""
+        return sum(len(pool) for pool in self._sessions.values())
+
     # -- health: re-establish watches after an outage or restart -----------------------------------
     @contextlib.asynccontextmanager
     async def watching(self) -> Any:
@@ -263,6 +267,7 @@ class _LoopThread:
         self._ready = threading.Event()
         self._thaw = threading.Event()
         self.frozen = False
+        self.abandoned = False
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.thread.start()
         self._ready.wait()
@@ -307,13 +312,18 @@ class _LoopThread:
         return self.run(wrapper())
 
     def _gone(self) -> bool:
-        return self.frozen or not self.thread.is_alive() or not self.loop.is_running()
+        return self.abandoned or not self.thread.is_alive() or not self.loop.is_running()
 
     def freeze(self) -> None:
-        """Block the loop for good, as if the process were killed: nothing more runs, nothing is
-        cleaned up. The daemon thread dies with the process."""
+        """Block the loop, as if the process were stopped (SIGSTOP) or killed: nothing runs, nothing
+        is cleaned up, until :meth:`thaw`. A frozen daemon thread dies with the process."""
         self.frozen = True
+        self._thaw = threading.Event()
         self.loop.call_soon_threadsafe(self._thaw.wait)
+
+    def thaw(self) -> None:
+        self.frozen = False
+        self._thaw.set()
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -362,9 +372,14 @@ class Store:
             self._closed = True
             self._runner.stop()
 
+    def session_count(self) -> int:
+        """How many store sessions this connection holds open (one per ttl, normally)."""
+        return self._runner.call(self.aio.session_count)
+
     def _abandon(self) -> None:
         """Stop the loop without releasing anything, as a crashed process would (for tests and demos)."""
         self._closed = True
+        self._runner.abandoned = True
         self._runner.freeze()
 
     def __enter__(self) -> Store:

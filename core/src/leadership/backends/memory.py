@@ -234,7 +234,11 @@ class MemoryBackend(Backend):
                 raise SessionLostError(f"memory session {sid} expired")
             if self._own(key, sid) is None:
                 c._revision += 1
-                c._queues.setdefault(key, []).append(_Entry(sid, name, c._revision))
+                queue = c._queues.setdefault(key, [])
+                queue.append(_Entry(sid, name, c._revision))
+                if len(queue) == 1:  # a new leader: tell the observers
+                    for callback in c._key_watchers.get(key, []):
+                        callback()
         while True:
             with c._lock:
                 c._request()

@@ -1,0 +1,122 @@
+"""A candidate or follower in its own OS process, driven over stdin/stdout, so the suite can
+SIGKILL or SIGSTOP it like a real service.
+
+    python -m leadership_conformance.agent --url URL --key KEY --name NAME --ttl TTL
+    python -m leadership_conformance.agent --url URL --key KEY --follower
+
+stdout: one JSON object a line: ``{"t": <CLOCK_MONOTONIC>, "event": ..., ...}``; events are
+``ready``, ``elected`` (``value`` bool, ``token``), ``leader`` (``leader``, ``token``),
+``status`` (``is_leader``, ``token``), ``ended``, ``error`` (``error``). stdin commands:
+``resign``, ``stop``, ``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import leadership
+
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    line = json.dumps({"t": time.monotonic(), "event": event, **fields})
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class Recorder:
+    """Reports leadership transitions from the observer hooks, which run at the exact moment of
+    the change on the store's loop — the times the suite's one-leader-at-a-time check needs."""
+
+    def __init__(self, emit: Any) -> None:
+        self.emit = emit
+
+    @leadership.hookimpl
+    def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+        self.emit("transition", value=True, token=token)
+
+    @leadership.hookimpl
+    def leadership_demoted(self, key: str, name: str, token: int, reason: str, store: str) -> None:
+        self.emit("transition", value=False, token=token, reason=reason)
+
+
+def recording_plugin_manager(emit: Any) -> Any:
+    pm = leadership.get_plugin_manager()
+    pm.register(Recorder(emit), name="conformance-recorder")
+    return pm
+
+
+def _candidate(args: argparse.Namespace, store: leadership.Store) -> None:
+    candidate = leadership.Candidate(store, args.key, args.name, ttl=args.ttl)
+
+    def stream() -> None:
+        try:
+            for elected in candidate.run_for_election():
+                term = candidate.term
+                emit("elected", value=elected, token=term.token if (elected and term) else None)
+            emit("ended")
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            emit("error", error=f"{type(exc).__name__}: {exc}")
+
+    threading.Thread(target=stream, daemon=True).start()
+    emit("ready")
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "status":
+            term = candidate.term
+            emit("status", is_leader=candidate.is_leader, token=term.token if term else None)
+        elif cmd == "resign":
+            candidate.resign()
+            emit("resigned")
+        elif cmd == "stop":
+            candidate.stop()
+            emit("stopped")
+            break
+
+
+def _follower(args: argparse.Namespace, store: leadership.Store) -> None:
+    follower = leadership.Follower(store, args.key)
+
+    def stream() -> None:
+        try:
+            for term in follower.terms():
+                emit("leader", leader=term.leader if term else None, token=term.token if term else None)
+            emit("ended")
+        except Exception as exc:  # noqa: BLE001
+            emit("error", error=f"{type(exc).__name__}: {exc}")
+
+    threading.Thread(target=stream, daemon=True).start()
+    emit("ready")
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            follower.stop()
+            emit("stopped")
+            break
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--ttl", type=float, default=15.0)
+    parser.add_argument("--follower", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = leadership.connect(args.url, plugin_manager=recording_plugin_manager(emit))
+    try:
+        (_follower if args.follower else _candidate)(args, store)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

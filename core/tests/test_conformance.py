@@ -1,0 +1,25 @@
+"""The memory backend runs the shared conformance suite exactly as a third-party backend would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from leadership_conformance import ConformanceSuite
+from leadership_conformance.memory import MemoryServer
+
+
+class TestMemoryConformance(ConformanceSuite):
+    ttl = 0.6
+    store_slack = 0.05
+    supports_processes = False  # in-process store: agents run in threads with their own loops
+    handover_timeout = 3.0
+    recovery_time = 2.0
+    herd_ttl = 30.0
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def leadership_server(cls) -> Iterator[MemoryServer]:
+        server = MemoryServer()
+        yield server
+        server.stop()
