@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from leadership_conformance import ConformanceSuite
 from leadership_conformance.memory import MemoryServer
 

@@ -110,7 +110,9 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=15.0)
     parser.add_argument("--follower", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     store = leadership.connect(args.url, plugin_manager=recording_plugin_manager(emit))
     try:
         (_follower if args.follower else _candidate)(args, store)

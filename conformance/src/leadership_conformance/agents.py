@@ -8,7 +8,6 @@ import abc
 import json
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys

@@ -20,12 +20,13 @@ store (each documented below); a capability a store lacks is declared, never sil
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -70,9 +71,10 @@ def leader_intervals(agents: list[Agent]) -> list[tuple[float, float, str]]:
 
 def assert_one_leader_at_a_time(agents: list[Agent]) -> None:
     intervals = leader_intervals(agents)
-    for (s1, e1, a1), (s2, e2, a2) in zip(intervals, intervals[1:]):
+    for (s1, e1, a1), (s2, _, a2) in itertools.pairwise(intervals):
         assert s2 >= e1, (
-            f"two leaders at once: {a1} led {s1:.4f}–{e1:.4f} and {a2} from {s2:.4f} (overlap {1000 * (e1 - s2):.2f} ms)"
+            f"two leaders at once: {a1} led {s1:.4f} to {e1:.4f} and {a2} from {s2:.4f} "
+            f"(overlap {1000 * (e1 - s2):.2f} ms)"
         )
 
 
@@ -99,7 +101,7 @@ class ConformanceBase:
     #: Extra time a store needs to come back after a restart or unpause before it serves.
     recovery_time: ClassVar[float] = 10.0
     #: Tests a backend overrides on purpose, with the reason: {"test_name": "why"}.
-    overridden_tests: ClassVar[dict[str, str]] = {}
+    overridden_tests: ClassVar[Mapping[str, str]] = {}
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -156,7 +158,7 @@ class ConformanceBase:
         after = after or {}
         while time.monotonic() < deadline:
             for agent in agents:
-                for e in agent.events[after.get(agent.name, 0):]:
+                for e in agent.events[after.get(agent.name, 0) :]:
                     if e["event"] == "elected" and e["value"]:
                         return agent
             time.sleep(0.005)
@@ -246,7 +248,7 @@ class FollowerTests(ConformanceBase):
         b.stop()
         f.wait_for(lambda e: e["event"] == "leader" and e["leader"] is None, self.handover_timeout, "no leader")
         seen = [(e["leader"], e["token"]) for e in f.events if e["event"] == "leader"]
-        assert all(x != y for x, y in zip(seen, seen[1:])), f"consecutive duplicates: {seen}"
+        assert all(x != y for x, y in itertools.pairwise(seen)), f"consecutive duplicates: {seen}"
         names = [s[0] for s in seen if s[0] is not None]
         assert names[:2] == ["a", "b"], seen
 
@@ -317,7 +319,7 @@ class ExclusionTests(ConformanceBase):
             marks = {x.name: (x.mark() if x is not nxt else marks[x.name]) for x in agents}
         assert_one_leader_at_a_time(agents)
         leaders = [e["leader"] for e in f.events if e["event"] == "leader"]
-        assert all(x != y for x, y in zip(leaders, leaders[1:]))
+        assert all(x != y for x, y in itertools.pairwise(leaders))
         print(f"handover p50 {1000 * statistics.median(latencies):.1f} ms over {len(latencies)} (agent-observed)")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._util import RetryPolicy
 from .backend import Backend, Session, Term
-from .candidate import Candidate, Leadership, NotLeaderError
+from .candidate import Candidate, Leadership, NotLeaderError, hold
 from .errors import (
     AuthenticationError,
     BackendRegistrationError,
@@ -64,5 +64,6 @@ __all__ = [
     "UnknownBackendError",
     "connect",
     "get_plugin_manager",
+    "hold",
     "hookimpl",
 ]

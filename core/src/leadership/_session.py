@@ -4,13 +4,14 @@ self-demotion deadline every leader on it obeys."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from ._util import DEFAULT_RETRY
 from .backend import Session
-from .errors import ClosedError, LeadershipError, SessionLostError, StoreUnavailableError
+from .errors import ClosedError, SessionLostError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from .store import AsyncStore
@@ -51,6 +52,7 @@ class SharedSession:
         self.current: Generation | None = None
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
+        self._transient: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -59,11 +61,14 @@ class SharedSession:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leadership-session-ttl{self.ttl:g}")
 
-    async def generation(self) -> Generation:
-        """The live generation, waiting for one to be opened if needed."""
+    async def generation(self, *, fail_fast: bool = False) -> Generation:
+        """The live generation, waiting for one to be opened if needed. With ``fail_fast`` a
+        transient failure to open one is raised instead of waited out."""
         while True:
             if self._failure is not None:
                 raise self._failure
+            if fail_fast and self._transient is not None:
+                raise self._transient
             if self._closing:
                 raise ClosedError("the store is closing")
             gen = self.current
@@ -97,7 +102,9 @@ class SharedSession:
             return
         log.warning(
             "session %s (ttl %gs) on %s not confirmed in time: demoting its leaders",
-            gen.raw.id, self.ttl, self.store.display_url,
+            gen.raw.id,
+            self.ttl,
+            self.store.display_url,
         )
         gen.lose("session_lost")
         self._changed.set()
@@ -114,18 +121,21 @@ class SharedSession:
                 attempt += 1
                 delay = retry.delay(attempt)
                 self.store.report_error(exc, "create_session", attempt, delay)
+                self._transient = exc
+                self._changed.set()
                 await asyncio.sleep(delay)
                 continue
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # permanent: every waiting user gets it
+            except Exception as exc:  # noqa: BLE001 - permanent: every waiting user gets it
                 self.store.report_error(exc, "create_session", attempt + 1, None)
-                self._failure = exc if isinstance(exc, LeadershipError) else exc
+                self._failure = exc
                 self._changed.set()
                 return
             attempt = 0
+            self._transient = None
             gen = Generation(raw, sent + raw.guaranteed - self._margin(raw))
-            raw.set_lost_callback(lambda g=gen: self._on_lost(g))
+            raw.set_lost_callback(functools.partial(self._on_lost, gen))
             log.debug("opened session %s (ttl %gs) on %s", raw.id, self.ttl, self.store.display_url)
             self._arm(gen)
             self._publish(gen)
@@ -179,7 +189,7 @@ class SharedSession:
                 continue
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - a backend bug: demote, reopen, and say so
                 self.store.report_error(exc, "refresh", failures + 1, None)
                 gen.lose("session_lost")
                 return
@@ -197,7 +207,7 @@ class SharedSession:
             await asyncio.wait_for(raw.close(), timeout=max(1.0, raw.refresh_interval))
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # the store expires it by itself
+        except Exception as exc:  # noqa: BLE001 - the store expires it by itself
             log.debug("closing session %s failed (%s); it will expire by itself", raw.id, exc)
 
     async def close(self) -> None:
@@ -209,7 +219,7 @@ class SharedSession:
                 self.current.lose("stopped")
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=5)
-            except (asyncio.TimeoutError, Exception):
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing must finish
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self._timer is not None:

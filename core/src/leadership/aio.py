@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from .candidate import AsyncCandidate as Candidate
 from .candidate import AsyncLeadership as Leadership
+from .candidate import ahold as hold
 from .follower import AsyncFollower as Follower
 from .store import AsyncStore as Store
 from .store import aconnect as connect
 
-__all__ = ["Candidate", "Follower", "Leadership", "Store", "connect"]
+__all__ = ["Candidate", "Follower", "Leadership", "Store", "connect", "hold"]

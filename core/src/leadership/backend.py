@@ -118,7 +118,7 @@ class Backend(abc.ABC):
     #: The largest ttl, or None for no limit.
     max_ttl: ClassVar[float | None] = None
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Connect. Raise PermanentStoreError/AuthenticationError for errors retrying cannot fix,
         StoreUnavailableError when the store is merely unreachable (the core retries)."""
 

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .store import AsyncStore, Store
 
-__all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError"]
+__all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError", "ahold", "hold"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class AsyncCandidate:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         backend = store.backend
+        store._check_open()
         self.store = store
         self.key = validate_key(key)
         self.name = validate_name(name)
@@ -175,7 +176,7 @@ class AsyncCandidate:
         try:
             while not self._stop.is_set():
                 try:
-                    gen = await self._until_stop(self._shared.generation())
+                    gen = await self._until_stop(self._shared.generation(fail_fast=self.retry is None))
                     self._gen = gen
                     term = await self._guarded(self.store.backend.campaign(gen.raw, self.key, self.name), gen)
                     if not gen.alive():
@@ -400,7 +401,7 @@ class Candidate:
         validate_name(name)
         backend = type(store.aio.backend)
         validate_ttl(ttl, backend.min_ttl, backend.max_ttl, store.aio.scheme)
-        self.aio: AsyncCandidate = store._runner.call(lambda: AsyncCandidate(store.aio, key, name, ttl, retry=retry))
+        self.aio: AsyncCandidate = store._call(lambda: AsyncCandidate(store.aio, key, name, ttl, retry=retry))
 
     key = property(lambda self: self.aio.key)
     name = property(lambda self: self.aio.name)
@@ -502,3 +503,34 @@ def _sync_iter(store: Store, agen: AsyncIterator[Any]) -> Iterator[Any]:
 
 async def _anext(agen: AsyncIterator[Any]) -> Any:
     return await agen.__anext__()
+
+
+@contextlib.contextmanager
+def hold(store: Store, key: str, name: str, ttl: float = 15.0, *, timeout: float | None = None) -> Iterator[Leadership]:
+    """Hold leadership of ``key`` for a block of work, like a lock::
+
+        with leadership.hold(store, "jobs/nightly", "worker-1", ttl=15, timeout=60) as lease:
+            do_work(fencing_token=lease.term.token)   # call lease.check() between steps
+
+    Campaigns, waits (up to ``timeout`` seconds) to be elected, runs the block, then stops the
+    candidate, releasing the key at once. ``lease.lost`` is set if leadership is lost meanwhile.
+    """
+    candidate = Candidate(store, key, name, ttl)
+    try:
+        with candidate.leadership(timeout) as lease:
+            yield lease
+    finally:
+        candidate.stop()
+
+
+@contextlib.asynccontextmanager
+async def ahold(
+    store: AsyncStore, key: str, name: str, ttl: float = 15.0, *, timeout: float | None = None
+) -> AsyncIterator[AsyncLeadership]:
+    """The asyncio form of :func:`hold`."""
+    candidate = AsyncCandidate(store, key, name, ttl)
+    try:
+        async with candidate.leadership(timeout) as lease:
+            yield lease
+    finally:
+        await candidate.stop()

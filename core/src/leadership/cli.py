@@ -128,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     backends = sub.add_parser("backends", help="list installed plugins and backends")
     backends.set_defaults(func=_backends)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except LeadershipError as exc:

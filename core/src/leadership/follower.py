@@ -34,6 +34,7 @@ class AsyncFollower:
             )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
+        store._check_open()
         self.store = store
         self.key = validate_key(key)
         self.retry = retry
@@ -167,7 +168,7 @@ class Follower:
             )
         validate_key(key)
         self.store = store
-        self.aio: AsyncFollower = store._runner.call(lambda: AsyncFollower(store.aio, key, retry=retry))
+        self.aio: AsyncFollower = store._call(lambda: AsyncFollower(store.aio, key, retry=retry))
 
     key = property(lambda self: self.aio.key)
 

@@ -73,7 +73,9 @@ def leadership_leader_changed(key: str, leader: str | None, token: int | None, s
 
 
 @hookspec
-def leadership_store_error(error: BaseException, operation: str, attempt: int, retry_in: float | None, store: str) -> None:
+def leadership_store_error(
+    error: BaseException, operation: str, attempt: int, retry_in: float | None, store: str
+) -> None:
     """Talking to the store failed.
 
     :param error: the exception.

@@ -204,10 +204,13 @@ class AsyncStore:
     # -- observers ----------------------------------------------------------------------------
     def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook; an observer's exception is logged, never propagated."""
-        try:
-            getattr(self.plugin_manager.hook, hook)(store=self.display_url, **kwargs)
-        except Exception:  # noqa: BLE001
-            log.exception("leadership observer hook %s raised; ignored", hook)
+        kwargs["store"] = self.display_url
+        # Each observer on its own, so one broken observer cannot hide the event from the others.
+        for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
+            except Exception:
+                log.exception("observer %s of %s raised; ignored", impl.plugin_name, hook)
 
     def report_error(self, error: BaseException, operation: str, attempt: int, retry_in: float | None) -> None:
         if retry_in is None:
@@ -215,14 +218,23 @@ class AsyncStore:
         elif attempt == 1:
             log.warning("%s on %s failed (%s); retrying in %.2fs", operation, self.display_url, error, retry_in)
         else:
-            log.info("%s on %s failed %d times (%s); retrying in %.2fs", operation, self.display_url, attempt, error, retry_in)
+            log.info(
+                "%s on %s failed %d times (%s); retrying in %.2fs",
+                operation,
+                self.display_url,
+                attempt,
+                error,
+                retry_in,
+            )
         self.notify("leadership_store_error", error=error, operation=operation, attempt=attempt, retry_in=retry_in)
 
     def __repr__(self) -> str:
         return f"<AsyncStore {self.display_url}{' closed' if self._closed else ''}>"
 
 
-def _make_backend(url: str, plugin_manager: pluggy.PluginManager | None) -> tuple[Backend, StoreURL, pluggy.PluginManager]:
+def _make_backend(
+    url: str, plugin_manager: pluggy.PluginManager | None
+) -> tuple[Backend, StoreURL, pluggy.PluginManager]:
     pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
     parsed = StoreURL.parse(url)
     info = find_backend(pm, parsed.scheme)
@@ -362,6 +374,11 @@ class Store:
             raise ClosedError(f"store {self.url} is closed")
         return self._runner.run(coro, timeout)
 
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        if self._closed:
+            raise ClosedError(f"store {self.url} is closed")
+        return self._runner.call(fn)
+
     def close(self) -> None:
         """Stop every candidate and follower of this store (releasing leadership) and disconnect."""
         if self._closed:
@@ -380,6 +397,7 @@ class Store:
         """Stop the loop without releasing anything, as a crashed process would (for tests and demos)."""
         self._closed = True
         self._runner.abandoned = True
+        self._runner.thread._leadership_abandoned = True  # type: ignore[attr-defined]
         self._runner.freeze()
 
     def __enter__(self) -> Store:
@@ -411,8 +429,8 @@ def connect(
     # Parse and validate in the caller's thread, so a bad URL is an error at this call.
     StoreURL.parse(url)
     return Store(
-        lambda: aconnect(url, plugin_manager=plugin_manager, safety_margin=safety_margin, health_interval=health_interval),
+        lambda: aconnect(
+            url, plugin_manager=plugin_manager, safety_margin=safety_margin, health_interval=health_interval
+        ),
         StoreURL.parse(url).scheme,
     )
-
-

@@ -133,9 +133,7 @@ class StoreURL:
         if self.options:
             names = ", ".join(sorted(self.options))
             allowed = ", ".join(sorted(known)) if known else "none"
-            raise ConfigurationError(
-                f"{self.scheme}:// URL has unknown option(s) {names}; allowed options: {allowed}"
-            )
+            raise ConfigurationError(f"{self.scheme}:// URL has unknown option(s) {names}; allowed options: {allowed}")
 
     def redacted(self) -> str:
         """The URL with any password replaced, safe for logs."""

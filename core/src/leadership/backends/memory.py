@@ -16,6 +16,7 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
+from typing import ClassVar
 
 from ..backend import Backend, Session, Term
 from ..errors import SessionLostError, StoreUnavailableError
@@ -44,7 +45,7 @@ class _MemSession:
 class MemoryCluster:
     """The shared state of one named memory store. Thread-safe."""
 
-    _clusters: dict[str, MemoryCluster] = {}
+    _clusters: ClassVar[dict[str, MemoryCluster]] = {}
     _clusters_lock = threading.Lock()
 
     def __init__(self, name: str) -> None:
