@@ -160,3 +160,18 @@ def test_sync_api_threads_end_with_store(url: str) -> None:
         leadership.Candidate(store, "k", "a", ttl=1).wait_elected(5)
     after = {t for t in threading.enumerate() if t.name.startswith("leadership-")}
     assert after <= before
+
+
+def test_every_hook_documented_in_readme_with_its_signature() -> None:
+    import inspect
+    import pathlib
+
+    from leadership import hookspecs
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    for name in hookspecs.__all__:
+        if not name.startswith("leadership_"):
+            continue
+        sig = inspect.signature(getattr(hookspecs, name))
+        text = f"{name}{sig}".replace("'", "")
+        assert f"`{text}`" in readme, f"README.md must document the hook as `{text}`"
