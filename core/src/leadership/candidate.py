@@ -20,6 +20,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
+from .follower import _iterate
 from .store import AsyncStore, Store
 
 __all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError", "ahold", "hold"]
@@ -265,21 +266,25 @@ class AsyncCandidate:
         watch = asyncio.ensure_future(self._watch_replaced(term))
         try:
             await wait_first(gen.lost, self._stop, self._resign, watch)
+            # Report False first, then tidy up: the stream must not lag behind the truth.
+            if self._stop.is_set():
+                reason = "stopped"
+            elif self._resign.is_set():
+                reason = "resigned"
+            elif gen.lost.is_set():
+                reason = "session_lost"
+            else:
+                reason = "replaced"
+            self._set_demoted(term, reason)
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-        if self._stop.is_set():
+        if reason == "stopped":
             raise _Stopped
-        if self._resign.is_set():
-            self._set_demoted(term, "resigned")
-            await self._withdraw_with_retry(gen)
-            return
-        if gen.lost.is_set():
-            self._set_demoted(term, "session_lost")
+        if reason == "session_lost":
             raise SessionLostError(gen.reason)
-        self._set_demoted(term, "replaced")
-        # The store no longer shows us leading; our entry is gone or was never first. Remove
-        # whatever is left and campaign again.
+        # Resigned, or the store no longer shows us leading: remove our entry (the next candidate
+        # takes over) and campaign again from the back of the queue.
         await self._withdraw_with_retry(gen)
 
     def _set_demoted(self, term: Term | None, reason: str) -> None:
@@ -423,8 +428,7 @@ class Candidate:
         The iterator ends after :meth:`stop`; with ``retry=None`` it raises the store error that
         ended it, and calling run_for_election() again starts over.
         """
-        agen = self.store._run(_start_iter(self.aio))
-        return _sync_iter(self.store, agen)
+        return _iterate(self.store, self.aio.run_for_election)
 
     def resign(self) -> None:
         """Give up leadership now and keep campaigning. Does nothing when not leading."""
@@ -486,23 +490,6 @@ class Leadership:
         if not self.valid:
             raise NotLeaderError(f"{self.candidate.name!r} no longer leads {self.candidate.key!r}")
         return self.term
-
-
-async def _start_iter(candidate: AsyncCandidate) -> AsyncIterator[bool]:
-    return candidate.run_for_election()
-
-
-def _sync_iter(store: Store, agen: AsyncIterator[Any]) -> Iterator[Any]:
-    while True:
-        try:
-            item = store._runner.run_until_stopped(_anext(agen))
-        except StopAsyncIteration:
-            return
-        yield item
-
-
-async def _anext(agen: AsyncIterator[Any]) -> Any:
-    return await agen.__anext__()
 
 
 @contextlib.contextmanager

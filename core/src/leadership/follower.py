@@ -70,10 +70,15 @@ class AsyncFollower:
         """Every change of term: a Term, or None while nobody leads; duplicates dropped."""
         return self._start().iterate()
 
-    async def follow_election(self) -> AsyncIterator[str]:
-        """Leader names, consecutive duplicates dropped (no-leader periods are skipped)."""
+    def follow_election(self) -> AsyncIterator[str]:
+        """Start following (at this call) and return the leader names, consecutive duplicates
+        dropped (no-leader periods are skipped)."""
+        return self._names(self._start())
+
+    @staticmethod
+    async def _names(stream: Stream[Term | None]) -> AsyncIterator[str]:
         previous: str | None = None
-        async for term in self._start().iterate():
+        async for term in stream.iterate():
             if term is not None and term.leader != previous:
                 previous = term.leader
                 yield term.leader
@@ -204,11 +209,16 @@ class Follower:
 
 
 def _iterate(store: Store, make: Any) -> Iterator[Any]:
+    """Start the stream now (in the caller's call), iterate it lazily."""
+
     async def start() -> AsyncIterator[Any]:
         return make()  # type: ignore[no-any-return]
 
     agen = store._run(start())
+    return _pull(store, agen)
 
+
+def _pull(store: Store, agen: AsyncIterator[Any]) -> Iterator[Any]:
     async def anext() -> Any:
         return await agen.__anext__()
 
