@@ -60,6 +60,8 @@ def conformance(session: nox.Session, backend: str) -> None:
             session.error(f"conformance({backend}) needs Docker, and LEADERSHIP_REQUIRE_DOCKER is set")
         session.skip(f"no Docker daemon reachable and LEADERSHIP_TEST_{backend.upper()}_URL unset")
     session.install(*TEST_TOOLS, *paths, "-e", PLUGINS[backend])
+    if not external:  # the kit's own server handles against the same store
+        session.run("pytest", "conformance/tests", "-m", backend, "-rs", "--timeout=600")
     session.run(
         "pytest", f"{PLUGINS[backend]}/tests", "-v", "-rs", "--timeout=600", "--durations=15", *session.posargs
     )
