@@ -46,7 +46,7 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("backend", ["memory", *PLUGINS])
+@nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS]])
 def conformance(session: nox.Session, backend: str) -> None:
     """The shared conformance suite against a real store (memory needs none)."""
     paths = ["-e", "./core", "-e", "./conformance"]

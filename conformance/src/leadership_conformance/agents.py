@@ -5,6 +5,7 @@ interface and the same fault injection (a frozen or abandoned event loop)."""
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ class Agent(abc.ABC):
                 if remaining <= 0:
                     raise AssertionError(
                         f"{self.name}: no {what or 'matching'} event within {timeout:g}s; events: {self.events}"
+                        f"{self.diagnostics()}"
                     )
                 self._cond.wait(remaining)
 
@@ -67,6 +69,10 @@ class Agent(abc.ABC):
 
     def errors(self) -> list[Event]:
         return [e for e in self.events if e["event"] == "error"]
+
+    def diagnostics(self) -> str:
+        """Extra state for a failure message."""
+        return ""
 
     @abc.abstractmethod
     def command(self, cmd: str) -> None: ...
@@ -176,6 +182,24 @@ class ThreadAgent(Agent):
         self._thread = threading.Thread(target=self._consume, daemon=True)
         self._thread.start()
         self._record({"t": time.monotonic(), "event": "ready"})
+
+    def diagnostics(self) -> str:
+        runner = self.store._runner
+        if runner.frozen or not runner.loop.is_running():
+            return ""
+
+        async def dump() -> str:
+            import io
+
+            out = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=out)
+            return out.getvalue()
+
+        try:
+            return "\nevent loop tasks:\n" + runner.run(dump(), timeout=2)
+        except Exception as exc:  # noqa: BLE001
+            return f"\n(no task dump: {exc})"
 
     def _emit(self, event: str, **fields: Any) -> None:
         self._record({"t": time.monotonic(), "event": event, **fields})

@@ -100,6 +100,9 @@ class ConformanceBase:
     handover_timeout: ClassVar[float] = 5.0
     #: Extra time a store needs to come back after a restart or unpause before it serves.
     recovery_time: ClassVar[float] = 10.0
+    #: A candidate reports False before its entry reaches the store; tests that need it queued
+    #: (to test who is next) give it this long after its first False.
+    queue_settle: ClassVar[float] = 0.5
     #: Tests a backend overrides on purpose, with the reason: {"test_name": "why"}.
     overridden_tests: ClassVar[Mapping[str, str]] = {}
 
@@ -152,6 +155,11 @@ class ConformanceBase:
         for agent in made:
             agent.close()
 
+    def queued(self, agent: Agent) -> None:
+        """Wait until ``agent`` runs (first False) and has had time to queue in the store."""
+        agent.wait_elected(False, self.handover_timeout)
+        time.sleep(self.queue_settle)
+
     def elected_one(self, agents: list[Agent], timeout: float, *, after: dict[str, int] | None = None) -> Agent:
         """Wait until one of ``agents`` reports True (after the given event marks); return it."""
         deadline = time.monotonic() + timeout
@@ -177,8 +185,7 @@ class CandidateTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
-        time.sleep(0.3)
+        self.queued(b)
         assert b.elected_values() == [False], "b must wait while a leads"
         mark = a.mark()
         a.resign()
@@ -195,7 +202,7 @@ class CandidateTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         b.resign()
         time.sleep(0.3)
         assert a.status()["is_leader"] is True
@@ -208,7 +215,7 @@ class CandidateTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         t0 = time.monotonic()
         a.stop()
         a.wait_for(lambda e: e["event"] == "ended", 5, "ended")
@@ -220,7 +227,7 @@ class CandidateTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         t0 = time.monotonic()
         b.stop()
         b.wait_for(lambda e: e["event"] == "ended", 5, "ended")
@@ -240,7 +247,7 @@ class FollowerTests(ConformanceBase):
         first = f.wait_for(lambda e: e["event"] == "leader", self.handover_timeout, "leader")
         assert first["leader"] == "a" and isinstance(first["token"], int)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         a.resign()
         b.wait_elected(True, self.handover_timeout)
         f.wait_for(lambda e: e["event"] == "leader" and e["leader"] == "b", self.handover_timeout, "leader b")
@@ -304,6 +311,8 @@ class TokenTests(ConformanceBase):
 class ExclusionTests(ConformanceBase):
     def test_exactly_one_leader_through_many_handovers(self, spawn: Callable[..., Agent]) -> None:
         agents = [spawn(f"c{i}") for i in range(3)]
+        for agent in agents:
+            self.queued(agent)
         f = spawn("f", follower=True)
         rng = random.Random(7)
         marks = {x.name: 0 for x in agents}
@@ -330,7 +339,7 @@ class ProcessFaultTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         time.sleep(self.ttl / 3)  # let a refresh at least once
         t0 = time.monotonic()
         a.kill()
@@ -344,7 +353,7 @@ class ProcessFaultTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         t0 = time.monotonic()
         a.freeze()
         b.wait_elected(True, self.ttl + self.store_slack + 5)
@@ -375,7 +384,7 @@ class FaultTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         f = spawn("f", follower=True)
         f.wait_for(lambda e: e["event"] == "leader" and e["leader"] == "a", self.handover_timeout)
         mark = a.mark()
@@ -408,7 +417,7 @@ class FaultTests(ConformanceBase):
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
-        b.wait_elected(False, self.handover_timeout)
+        self.queued(b)
         f = spawn("f", follower=True)
         f.wait_for(lambda e: e["event"] == "leader" and e["leader"] == "a", self.handover_timeout)
         leadership_server.restart()
@@ -448,8 +457,8 @@ class HerdTests(ConformanceBase):
             candidates.append((c, it))
             if i == 0:
                 c.wait_elected(self.handover_timeout)
-            time.sleep(0.05)  # creation order = queue order
-        time.sleep(0.5)  # everyone queued and watching
+            time.sleep(max(0.1, self.queue_settle / 4))  # creation order = queue order
+        time.sleep(self.queue_settle)  # everyone queued and watching
         before = server.request_count()
         candidates[0][0].resign()
         term = candidates[1][0].wait_elected(self.handover_timeout)

@@ -30,9 +30,18 @@ class Generation:
         self.deadline = deadline
         self.lost = asyncio.Event()
         self.reason = ""
+        self._dead = False
 
     def alive(self) -> bool:
-        return not self.lost.is_set() and time.monotonic() < self.deadline
+        """False for good once the deadline has passed, even if a refresh still in flight later
+        succeeds: by then leaders on it have reported False, and a generation that came back to
+        life would let them act on entries they no longer track."""
+        if self._dead:
+            return False
+        if self.lost.is_set() or time.monotonic() >= self.deadline:
+            self._dead = True  # a plain flag: this may be read from any thread
+            return False
+        return True
 
     def lose(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -97,7 +106,7 @@ class SharedSession:
     def _expire(self, gen: Generation) -> None:
         if gen.lost.is_set():
             return
-        if time.monotonic() < gen.deadline:  # extended meanwhile
+        if gen.alive():  # extended meanwhile
             self._arm(gen)
             return
         log.warning(
@@ -193,7 +202,8 @@ class SharedSession:
                 self.store.report_error(exc, "refresh", failures + 1, None)
                 gen.lose("session_lost")
                 return
-            if gen.lost.is_set():
+            if not gen.alive():  # confirmed too late: the deadline passed meanwhile
+                gen.lose("session_lost")
                 return
             if failures:
                 self.store.mark_healthy()
