@@ -9,7 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._util import DEFAULT_RETRY
+from ._util import DEFAULT_RETRY, Flag
 from .backend import Session
 from .errors import ClosedError, SessionLostError, StoreUnavailableError
 
@@ -28,7 +28,7 @@ class Generation:
         #: Monotonic time after which the store could have expired the session. Leaders on this
         #: generation report False from then on, whether or not the loop got to run.
         self.deadline = deadline
-        self.lost = asyncio.Event()
+        self.lost = Flag()
         self.reason = ""
         self._dead = False
 
@@ -59,7 +59,7 @@ class SharedSession:
         #: Keys of the candidates using it: a session holds one entry per key.
         self.keys: set[str] = set()
         self.current: Generation | None = None
-        self._changed = asyncio.Event()
+        self._changed = Flag()
         self._failure: BaseException | None = None
         self._transient: BaseException | None = None
         self._task: asyncio.Task[None] | None = None

@@ -9,7 +9,7 @@ import math
 import random
 import re
 from collections.abc import AsyncIterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import InvalidArgumentError, InvalidTTLError, LeadershipError
 
@@ -112,7 +112,7 @@ class Stream(Generic[_T]):
         self._items: collections.deque[_T] = collections.deque()
         self._closed = False
         self._error: BaseException | None = None
-        self._wakeup = asyncio.Event()
+        self._wakeup = Flag()
         self._consuming = False
 
     @property
@@ -157,29 +157,74 @@ class Stream(Generic[_T]):
             self._consuming = False
 
 
-async def wait_first(*aws: asyncio.Future[object] | asyncio.Task[object] | asyncio.Event) -> None:
-    """Wait until any of the futures/tasks is done or any of the events is set. Cancels nothing
-    it was given; cleans up the helper tasks it made for events."""
-    helpers: list[asyncio.Task[object]] = []
-    futures: list[asyncio.Future[object]] = []
-    for aw in aws:
-        if isinstance(aw, asyncio.Event):
-            if aw.is_set():
-                for t in helpers:
-                    t.cancel()
-                return
-            helpers.append(asyncio.ensure_future(aw.wait()))
+class Flag:
+    """An asyncio.Event that can also hand out plain futures, so racing it against other work
+    costs no extra task (the core races flags on every handover)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def future(self) -> asyncio.Future[None]:
+        """A future resolved when the flag is set (at once if it is)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._set:
+            fut.set_result(None)
         else:
-            if aw.done():
-                for t in helpers:
-                    t.cancel()
-                return
-            futures.append(aw)
+            self._waiters.append(fut)
+        return fut
+
+    def discard(self, fut: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        fut = self.future()
+        try:
+            await fut
+        finally:
+            self.discard(fut)
+
+
+async def wait_first(*aws: asyncio.Future[Any] | Flag) -> None:
+    """Wait until any of the futures/tasks is done or any of the flags is set. Cancels nothing
+    it was given."""
+    futures: list[asyncio.Future[Any]] = []
+    flags: list[tuple[Flag, asyncio.Future[None]]] = []
     try:
-        await asyncio.wait([*futures, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        for aw in aws:
+            if isinstance(aw, Flag):
+                if aw.is_set():
+                    return
+                fut = aw.future()
+                flags.append((aw, fut))
+                futures.append(fut)
+            else:
+                if aw.done():
+                    return
+                futures.append(aw)
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in helpers:
-            if not t.done():
-                t.cancel()
-        if helpers:
-            await asyncio.gather(*helpers, return_exceptions=True)
+        for flag, fut in flags:
+            flag.discard(fut)
+            fut.cancel()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ._session import Generation, SharedSession
-from ._util import DEFAULT_RETRY, RetryPolicy, Stream, validate_key, validate_name, validate_ttl, wait_first
+from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key, validate_name, validate_ttl, wait_first
 from .backend import Term
 from .errors import (
     ClosedError,
@@ -79,11 +79,11 @@ class AsyncCandidate:
         self._term: Term | None = None
         self._gen: Generation | None = None
         self._last: bool | None = None
-        self._resign = asyncio.Event()
-        self._stop = asyncio.Event()
+        self._resign = Flag()
+        self._stop = Flag()
         self._stopped = False
         self._elected_waiters: list[asyncio.Future[Term]] = []
-        self._lost = asyncio.Event()
+        self._lost = Flag()
         self.last_error: BaseException | None = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class AsyncCandidate:
 
     async def _lead(self, gen: Generation, term: Term) -> None:
         self._resign.clear()
-        self._lost = asyncio.Event()
+        self._lost = Flag()
         self._term = term
         log.info("%r elected for %r (token %d)", self.name, self.key, term.token)
         self._emit(True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._util import DEFAULT_RETRY, RetryPolicy, Stream, validate_key, wait_first
+from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key, wait_first
 from .backend import Term
 from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
 from .store import AsyncStore, Store
@@ -42,7 +42,7 @@ class AsyncFollower:
         self._seen: Any = _NOTHING
         self._stream: Stream[Term | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._stop = Flag()
         self._stopped = False
         self.last_error: BaseException | None = None
 

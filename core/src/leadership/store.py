@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from ._session import SharedSession
+from ._util import Flag
 from .backend import Backend
 from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
 from .plugins import default_plugin_manager, find_backend
@@ -60,7 +61,7 @@ class AsyncStore:
         self._closed = False
         self._watchers = 0
         self._health_task: asyncio.Task[None] | None = None
-        self._epoch_changed = asyncio.Event()
+        self._epoch_changed = Flag()
         self._healthy = True
         self.epoch = 0
         self._users: set[Any] = set()
@@ -157,7 +158,7 @@ class AsyncStore:
         finally:
             self._watchers -= 1
 
-    def epoch_event(self) -> asyncio.Event:
+    def epoch_event(self) -> Flag:
         """Set when every watch must be re-established (the store came back or restarted)."""
         return self._epoch_changed
 
@@ -165,7 +166,7 @@ class AsyncStore:
         log.info("store %s %s: re-establishing watches", self.display_url, why)
         self.epoch += 1
         self._epoch_changed.set()
-        self._epoch_changed = asyncio.Event()
+        self._epoch_changed = Flag()
 
     def mark_unhealthy(self) -> None:
         self._healthy = False
