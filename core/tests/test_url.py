@@ -16,6 +16,13 @@ def test_parse_multi_host_with_options() -> None:
     assert "p@ss" not in u.redacted() and "p%40ss" not in u.redacted()
 
 
+def test_option_values_may_hold_paths() -> None:
+    u = StoreURL.parse("zookeeper://h:2181?ca_cert=/etc/ca.pem&tls=true")
+    assert u.path == "" and u.options == {"ca_cert": "/etc/ca.pem", "tls": "true"}
+    u = StoreURL.parse("zookeeper://h:2181/chroot/x?ca_cert=/etc/ca.pem")
+    assert u.path == "/chroot/x" and u.options == {"ca_cert": "/etc/ca.pem"}
+
+
 def test_memory_urls() -> None:
     assert StoreURL.parse("memory://").endpoints == []
     assert StoreURL.parse("memory://x").endpoints == [Endpoint("x", None)]

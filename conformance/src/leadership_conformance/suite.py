@@ -369,18 +369,18 @@ class ProcessFaultTests(ConformanceBase):
         assert all(not (e["event"] == "status" and e["is_leader"]) for e in a.events if e["t"] > b_start)
 
 
-@pytest.mark.store_faults
 class FaultTests(ConformanceBase):
     """The store is paused or restarted."""
 
-    @pytest.fixture(autouse=True)
-    def _needs_faults(self, leadership_server: Any) -> None:
+    def needs_faults(self, leadership_server: Any) -> None:
         if not self.supports_store_faults or not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("the server handle cannot inject store faults (external server)")
 
+    @pytest.mark.store_faults
     def test_store_paused_past_ttl_leader_demotes_before_expiry(
         self, spawn: Callable[..., Agent], leadership_server: Any
     ) -> None:
+        self.needs_faults(leadership_server)
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
@@ -411,9 +411,11 @@ class FaultTests(ConformanceBase):
         )
         assert_one_leader_at_a_time([a, b])
 
+    @pytest.mark.store_faults
     def test_store_restart_candidates_and_followers_recover(
         self, spawn: Callable[..., Agent], leadership_server: Any
     ) -> None:
+        self.needs_faults(leadership_server)
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
@@ -459,12 +461,18 @@ class HerdTests(ConformanceBase):
                 c.wait_elected(self.handover_timeout)
             time.sleep(max(0.1, self.queue_settle / 4))  # creation order = queue order
         time.sleep(self.queue_settle)  # everyone queued and watching
+        # Background traffic (keepalives, pings) over a window as long as the handover's, to subtract.
+        window = 0.5
+        idle_before = server.request_count()
+        time.sleep(window)
+        idle = server.request_count() - idle_before
         before = server.request_count()
+        t0 = time.monotonic()
         candidates[0][0].resign()
         term = candidates[1][0].wait_elected(self.handover_timeout)
         assert term.leader == "h1", "FIFO: the earliest waiting candidate is next"
-        time.sleep(0.3)
-        after = server.request_count()
+        time.sleep(max(0.0, t0 + window - time.monotonic()))
+        after = server.request_count() - idle
         assert [c.is_leader for c, _ in candidates[2:]] == [False] * (waiters - 1)
         for c, _ in candidates:
             c.stop()

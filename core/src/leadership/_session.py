@@ -191,7 +191,8 @@ class SharedSession:
                 return
             except (StoreUnavailableError, asyncio.TimeoutError) as exc:
                 failures += 1
-                delay = min(retry.delay(failures), interval)
+                # Retry soon enough to confirm the session before its deadline if the store is back.
+                delay = min(retry.delay(failures), interval, max(0.01, (gen.deadline - time.monotonic()) / 3))
                 self.store.report_error(exc, "refresh", failures, delay)
                 self.store.mark_unhealthy()
                 next_at = time.monotonic() + delay

@@ -57,12 +57,10 @@ class StoreURL:
         scheme = scheme.lower()
         if not _SCHEME.match(scheme):
             raise ConfigurationError(f"store URL {url!r}: invalid scheme {scheme!r}")
+        # The query first: option values may contain slashes (file paths).
+        rest, _, query = rest.partition("?")
         netloc, sep, tail = rest.partition("/")
-        path_and_query = sep + tail
-        if "?" in netloc:  # "memory://?x=1" has no slash before the query
-            netloc, _, q = netloc.partition("?")
-            path_and_query = "?" + q
-        path, _, query = path_and_query.partition("?")
+        path = sep + tail
         username = password = None
         if "@" in netloc:
             userinfo, netloc = netloc.rsplit("@", 1)

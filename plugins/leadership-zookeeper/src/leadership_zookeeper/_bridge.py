@@ -1,0 +1,119 @@
+"""Bridging kazoo's thread callbacks into asyncio, and kazoo's exceptions into leadership's.
+
+kazoo completes requests and fires watches on its own worker threads. Nothing here blocks those
+threads: each callback only hands its result to the event loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kazoo import exceptions as kz
+
+from leadership.errors import (
+    AuthenticationError,
+    PermanentStoreError,
+    SessionLostError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+__all__ = ["PASS_THROUGH", "link", "post", "translate", "watch_future"]
+
+#: Errors the backend handles itself (they describe the data, not the store's health).
+PASS_THROUGH: tuple[type[BaseException], ...] = (kz.NoNodeError, kz.NodeExistsError, kz.NotEmptyError)
+
+# Errors that go away by themselves: a reconnect, a quorum, a finished reconfiguration.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    kz.ConnectionLoss,
+    kz.ConnectionDropped,
+    kz.OperationTimeoutError,
+    kz.RequestTimeoutError,
+    kz.ThrottledOpError,
+    kz.SessionMovedError,
+    kz.NotReadOnlyCallError,
+    kz.ReconfigInProcessError,
+    kz.NewConfigNoQuorumError,
+    kz.RuntimeInconsistency,
+    kz.SystemZookeeperError,
+    kz.ZookeeperStoppedError,
+    kz.WriterNotClosedException,
+)
+_AUTH: tuple[type[BaseException], ...] = (
+    kz.NoAuthError,
+    kz.AuthFailedError,
+    kz.InvalidACLError,
+    kz.SASLException,
+    kz.SessionClosedRequireSaslError,
+)
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the awaiting coroutine was cancelled or timed out
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+def post(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None
+) -> None:
+    """Settle ``fut`` from any thread, unless it is done by then."""
+    try:
+        loop.call_soon_threadsafe(_settle, fut, value, exc)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def link(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[Any]:
+    """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``."""
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def done(result: Any) -> None:
+        # Runs on kazoo's completion thread; the result is ready, so get() does not block.
+        try:
+            value = result.get(block=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            post(loop, fut, None, exc)
+        else:
+            post(loop, fut, value, None)
+
+    async_result.rawlink(done)
+    return fut
+
+
+def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Any]:
+    """A future and the kazoo watch function that settles it with the WatchedEvent.
+
+    kazoo cannot remove a watch; when the waiter goes away first the watch fires later into a
+    future nobody awaits, which ``_settle`` ignores.
+    """
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def watch(event: Any) -> None:
+        post(loop, fut, event, None)
+
+    return fut, watch
+
+
+def translate(exc: BaseException, what: str, *, session: bool) -> StoreError:
+    """Map a kazoo exception to the backend contract's error kinds.
+
+    ``session``: the request ran on a candidate's session, whose expiry is SessionLostError; on the
+    shared reader connection kazoo merely opens a new session, which is transient.
+    """
+    if isinstance(exc, _AUTH):
+        return AuthenticationError(f"ZooKeeper refused {what}: {type(exc).__name__} (check credentials and ACLs)")
+    # ConnectionClosedError subclasses SessionExpiredError: the client was stopped under us.
+    if isinstance(exc, kz.SessionExpiredError):
+        if session:
+            return SessionLostError(f"ZooKeeper session expired or closed during {what}")
+        return StoreUnavailableError(f"ZooKeeper session expired during {what}; reconnecting")
+    if isinstance(exc, _TRANSIENT):
+        return StoreUnavailableError(f"ZooKeeper unavailable during {what}: {type(exc).__name__} {exc}".rstrip())
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return StoreUnavailableError(f"ZooKeeper did not answer {what} in time")
+    return PermanentStoreError(f"ZooKeeper rejected {what}: {type(exc).__name__} {exc}".rstrip())

@@ -1,0 +1,511 @@
+"""The ZooKeeper backend object against a real server (no core state machine in between)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.protocol.connection import _CONNECTION_DROP
+from kazoo.security import make_digest_acl
+
+from leadership.backend import Term
+from leadership.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidTTLError,
+    SessionLostError,
+    StoreUnavailableError,
+)
+from leadership.url import StoreURL
+from leadership_zookeeper import ZooKeeperBackend, ZooKeeperSession
+from leadership_zookeeper.backend import _contenders
+
+T = TypeVar("T")
+TTL = 2.0
+WAIT = 5.0
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[ZooKeeperBackend]:
+    backend = ZooKeeperBackend(StoreURL.parse(url))
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def entries(backend: ZooKeeperBackend, key: str) -> list[str]:
+    reader = backend._reader_client()
+    try:
+        children = await backend.request(
+            reader, "test", lambda: reader.get_children_async(backend.key_path(key)), session=False
+        )
+    except Exception:  # no node yet
+        return []
+    return _contenders(children)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def queue(backend: ZooKeeperBackend, session: ZooKeeperSession, key: str, name: str) -> asyncio.Task[Term]:
+    """Start a campaign and return once its entry is in the queue (creation order = FIFO order)."""
+    task = asyncio.create_task(backend.campaign(session, key, name))
+
+    async def queued() -> bool:
+        return any(e.startswith(session.prefix) for e in await entries(backend, key))
+
+    await until(queued)
+    return task
+
+
+def expire(backend: ZooKeeperBackend, session: ZooKeeperSession) -> None:
+    """Expire ``session`` on the server: take it over with its id and password, then close it."""
+    thief = KazooClient(hosts=backend.hosts, client_id=session.client.client_id, timeout=session.negotiated)
+    thief.start(timeout=WAIT)
+    thief.stop()
+    thief.close()
+
+
+# -- elections -------------------------------------------------------------------------------
+
+
+def test_fifo_order_tokens_and_withdraw_handover(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
+            first = await backend.campaign(s1, "fifo", "one")
+            assert first.leader == "one" and first.key == "fifo"
+            t2 = await queue(backend, s2, "fifo", "two")
+            t3 = await queue(backend, s3, "fifo", "three")
+            await asyncio.sleep(0.2)
+            assert not t2.done() and not t3.done(), "waiters wait while the leader holds the key"
+            await backend.withdraw(s1, "fifo")
+            second = await asyncio.wait_for(t2, WAIT)
+            assert second.leader == "two"
+            assert not t3.done(), "FIFO: only the next in line is elected"
+            await backend.withdraw(s2, "fifo")
+            third = await asyncio.wait_for(t3, WAIT)
+            assert third.leader == "three"
+            assert first.token < second.token < third.token
+            assert await backend.get_leader("fifo") == third
+
+    run(main())
+
+
+def test_campaign_is_idempotent_per_session_and_key(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            await backend.campaign(s1, "idem", "one")
+            task = await queue(backend, s2, "idem", "two")
+            before = await entries(backend, "idem")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert "idem" not in s2.uncertain  # the reply came: the entry is known
+            s2.nodes.clear()  # as after a lost reply to the create: found again by the session prefix
+            s2.uncertain.add("idem")
+            task = asyncio.create_task(backend.campaign(s2, "idem", "two"))
+            await asyncio.sleep(0.2)
+            assert await entries(backend, "idem") == before, "a retried campaign keeps its entry and place"
+            again = await backend.campaign(s1, "idem", "one")
+            assert again.leader == "one"
+            await backend.withdraw(s1, "idem")
+            assert (await asyncio.wait_for(task, WAIT)).leader == "two"
+
+    run(main())
+
+
+def test_withdraw_of_a_waiting_entry_skips_it(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
+            await backend.campaign(s1, "skip", "one")
+            t2 = await queue(backend, s2, "skip", "two")
+            t3 = await queue(backend, s3, "skip", "three")
+            t2.cancel()
+            await asyncio.gather(t2, return_exceptions=True)
+            await backend.withdraw(s2, "skip")
+            assert len(await entries(backend, "skip")) == 2
+            assert not t3.done()
+            await backend.withdraw(s1, "skip")
+            assert (await asyncio.wait_for(t3, WAIT)).leader == "three"
+            await backend.withdraw(s3, "skip")
+            await backend.withdraw(s3, "skip")  # nothing left: no error
+            assert await backend.get_leader("skip") is None
+
+    run(main())
+
+
+def test_cancelled_campaign_leaves_no_task_and_withdraw_cleans_up(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            await backend.campaign(s1, "cancel", "one")
+            baseline = asyncio.all_tasks()
+            task = await queue(backend, s2, "cancel", "two")
+            task.cancel()
+            assert (await asyncio.gather(task, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+            await asyncio.sleep(0.05)
+            assert asyncio.all_tasks() == baseline
+            await backend.withdraw(s2, "cancel")
+            assert [e for e in await entries(backend, "cancel") if e.startswith(s2.prefix)] == []
+            # Cancelled right after sending the create: the entry shows up, withdraw still finds it.
+            s3 = await backend.create_session(TTL)
+            task = asyncio.create_task(backend.campaign(s3, "cancel", "three"))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert "cancel" in s3.uncertain
+            await backend.withdraw(s3, "cancel")
+            assert [e for e in await entries(backend, "cancel") if e.startswith(s3.prefix)] == []
+            assert "cancel" not in s3.uncertain and "cancel" not in s3.nodes
+
+    run(main())
+
+
+def test_session_close_releases_at_once(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            await backend.campaign(s1, "close", "one")
+            t2 = await queue(backend, s2, "close", "two")
+            started = time.monotonic()
+            await s1.close()
+            assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
+            assert time.monotonic() - started < TTL / 2, "close revokes the session instead of letting it expire"
+            await s1.close()  # closing twice is fine
+            with pytest.raises(SessionLostError):
+                await s1.refresh()
+            await backend.withdraw(s1, "close")  # nothing to do on a closed session
+
+    run(main())
+
+
+def test_session_expiry_is_reported_and_releases(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            lost = asyncio.Event()
+            s1.set_lost_callback(lost.set)
+            await backend.campaign(s1, "expire", "one")
+            t2 = await queue(backend, s2, "expire", "two")
+            await asyncio.get_running_loop().run_in_executor(None, expire, backend, s1)
+            assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
+            await asyncio.wait_for(lost.wait(), WAIT + TTL)
+            with pytest.raises(SessionLostError):
+                await s1.refresh()
+            with pytest.raises(SessionLostError):
+                await backend.campaign(s1, "expire", "one")
+
+    run(main())
+
+
+def test_waiting_campaign_on_expired_session_never_wins(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            await backend.campaign(s1, "stale", "one")
+            t2 = await queue(backend, s2, "stale", "two")
+            await asyncio.get_running_loop().run_in_executor(None, expire, backend, s2)
+            await backend.withdraw(s1, "stale")
+            with pytest.raises((SessionLostError, StoreUnavailableError)):
+                await asyncio.wait_for(t2, WAIT + TTL)
+            # Retried by the core, the campaign must not win with the dead session.
+            await until(lambda: _done(s2.lost_reason is not None), WAIT + TTL)
+            with pytest.raises(SessionLostError):
+                await backend.campaign(s2, "stale", "two")
+
+    run(main())
+
+
+async def _done(value: bool) -> bool:
+    return value
+
+
+def test_refresh_confirms_and_fails_fast_while_disconnected(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s = await backend.create_session(TTL)
+            await s.refresh()
+            # A dropped connection: kazoo reconnects to the same session; refresh waits for it (a
+            # request already queued behind the drop fails with StoreUnavailableError instead).
+            s.client._call(_CONNECTION_DROP, s.client.handler.async_result())
+            await until(lambda: _done(not s.client.connected))
+            started = time.monotonic()
+            await s.refresh()
+            assert time.monotonic() - started < s.refresh_interval
+            assert s.lost_reason is None
+            # While no server answers, refresh fails within one refresh interval rather than hang.
+            s.client.set_hosts("127.0.0.1:1")
+            s.client._call(_CONNECTION_DROP, s.client.handler.async_result())
+            await until(lambda: _done(not s.client.connected))
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                await s.refresh()
+            assert time.monotonic() - started < s.refresh_interval + 0.5
+            await s.close()
+
+    run(main())
+
+
+def test_many_keys_one_session(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s = await backend.create_session(TTL)
+            terms = await asyncio.gather(*(backend.campaign(s, f"many/k{i}", "me") for i in range(50)))
+            assert len({t.token for t in terms}) == 50
+            assert all(t.leader == "me" for t in terms)
+            await asyncio.gather(*(backend.withdraw(s, f"many/k{i}") for i in range(50)))
+            assert await backend.get_leader("many/k7") is None
+
+    run(main())
+
+
+# -- observe ---------------------------------------------------------------------------------
+
+
+def test_observe_yields_current_then_each_change(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            watch = backend.observe("obs")
+            assert await asyncio.wait_for(watch.__anext__(), WAIT) is None
+            first = await backend.campaign(s1, "obs", "one")
+            assert await asyncio.wait_for(watch.__anext__(), WAIT) == first
+            t2 = await queue(backend, s2, "obs", "two")  # a waiter joining changes nothing visible
+            await backend.withdraw(s1, "obs")
+            second = await asyncio.wait_for(t2, WAIT)
+            assert await asyncio.wait_for(watch.__anext__(), WAIT) == second
+            await s2.close()
+            assert await asyncio.wait_for(watch.__anext__(), WAIT) is None
+            await watch.aclose()  # type: ignore[attr-defined]
+
+    run(main())
+
+
+def test_observe_raises_when_the_connection_breaks(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            watch = backend.observe("broken")
+            assert await asyncio.wait_for(watch.__anext__(), WAIT) is None
+            reader = backend._reader_client()
+            reader._call(_CONNECTION_DROP, reader.handler.async_result())
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(watch.__anext__(), WAIT)
+            # The core re-creates the iterator; it works once kazoo is back.
+            await until(lambda: _done(reader.connected))
+            again = backend.observe("broken")
+            assert await asyncio.wait_for(again.__anext__(), WAIT) is None
+            await again.aclose()  # type: ignore[attr-defined]
+            assert await backend.ping() is None
+
+    run(main())
+
+
+def test_observe_cancelled_leaves_no_task(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            baseline = asyncio.all_tasks()
+
+            async def consume() -> None:
+                async for _ in backend.observe("cancel-observe"):
+                    pass
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.05)
+            assert asyncio.all_tasks() == baseline
+
+    run(main())
+
+
+# -- ttl mapping -------------------------------------------------------------------------------
+
+
+def test_ttl_maps_to_negotiated_session_timeout(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s = await backend.create_session(TTL)
+            assert s.negotiated == pytest.approx(TTL)
+            assert 0 < s.guaranteed < TTL
+            assert s.refresh_interval == pytest.approx(s.guaranteed / 3)
+            await s.close()
+            # Above the server's maximum (20 x tickTime) the server grants less: the promise shrinks.
+            big = await backend.create_session(3600)
+            assert big.negotiated < 3600
+            assert big.guaranteed < big.negotiated
+            await big.close()
+            # Below its minimum (2 x tickTime) a session would outlive the ttl: refused, naming it.
+            with pytest.raises(InvalidTTLError, match="minimum session timeout") as info:
+                await backend.create_session(0.01)
+            minimum = float(str(info.value).rsplit(">= ", 1)[1])
+            ok = await backend.create_session(minimum)
+            assert ok.negotiated == pytest.approx(minimum)
+            await ok.close()
+
+    run(main())
+
+
+# -- URLs, paths, auth -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("zookeeper://h:2181?timeout=0", "timeout"),
+        ("zookeeper://h:2181?timeout=soon", "timeout"),
+        ("zookeeper://h:2181?bogus=1", "bogus"),
+        ("zookeeper://h:2181?tls=maybe", "tls"),
+        ("zookeeper://h:2181?client_key=/no/such.pem", "no such file"),
+        ("zookeeper://h:2181/x?client_key=" + __file__, "client_cert"),
+        ("zookeeper://h:2181/x?tls=false&ca_cert=" + __file__, "tls=false"),
+        ("zookeeper://h:2181?digest=nopassword", "digest"),
+        ("zookeeper://h:2181/x?ca_cert=", "PEM file"),
+        ("zookeeper://u:p@h:2181?digest=a:b", "either"),
+        ("zookeeper://u@h:2181", "user and a password"),
+        ("zookeeper://h:2181/a//b", "znode"),
+        ("zookeeper://h:2181/a/../b", "znode"),
+        ("zookeeper://h:2181/zookeeper/x", "reserved"),
+        ("zookeeper://h:99999", "port"),
+        ("zookeeper://h:2181,,h2:2181", "empty host"),
+    ],
+)
+def test_bad_urls_raise_configuration_error(url: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        ZooKeeperBackend(StoreURL.parse(url))
+
+
+def test_url_parsing() -> None:
+    b = ZooKeeperBackend(StoreURL.parse("zookeeper://a:1,b,[::1]:3/app/x/?timeout=2.5&digest=u:p"))
+    assert b.hosts == "a:1,b:2181,[::1]:3"
+    assert b.base == "/app/x"
+    assert b.timeout == 2.5
+    assert b.digest == "u:p"
+    assert b.key_path("k/./..") == "/app/x/k/%2E/%2E%2E"
+    d = ZooKeeperBackend(StoreURL.parse("zookeeper://"))
+    assert d.hosts == "127.0.0.1:2181" and d.base == "/leadership" and not d.tls
+    r = ZooKeeperBackend(StoreURL.parse("zookeeper://h/"))
+    assert r.key_path("k") == "/k"
+    t = ZooKeeperBackend(StoreURL.parse(f"zookeeper://h/app?ca_cert={__file__}"))
+    assert t.tls and t.ca_cert == __file__
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    async def main() -> None:
+        backend = ZooKeeperBackend(StoreURL.parse("zookeeper://127.0.0.1:1?timeout=0.5"))
+        with pytest.raises(StoreUnavailableError, match="127.0.0.1:1"):
+            await backend.open()
+        await backend.close()
+
+    run(main())
+
+
+def test_base_path_is_used(zk_url: str) -> None:
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s = await backend.create_session(TTL)
+            await backend.campaign(s, "a/b", "me")
+            reader = backend._reader_client()
+            children = reader.get_children(backend.base + "/a/b")
+            assert [c for c in children if c.startswith(s.prefix)]
+            assert backend.key_path("a/b").startswith(StoreURL.parse(zk_url).path)
+
+    run(main())
+
+
+def test_digest_credentials_and_acls(zk_url: str, zk_server: Any) -> None:
+    if "@" in zk_url or "digest=" in zk_url:
+        pytest.skip("the test server URL already carries credentials")
+    user, password = "leader", uuid.uuid4().hex
+    url = StoreURL.parse(zk_url)
+    hosts = ",".join(str(e) for e in url.endpoints)
+    admin = KazooClient(hosts=hosts)
+    admin.start(timeout=WAIT)
+    try:
+        admin.create(url.path, makepath=True, acl=[make_digest_acl(user, password, all=True)])
+
+        async def main() -> None:
+            good = zk_url.replace("zookeeper://", f"zookeeper://{user}:{password}@", 1)
+            async with opened(good) as backend:
+                s = await backend.create_session(TTL)
+                term = await backend.campaign(s, "secret", "me")
+                assert await backend.get_leader("secret") == term
+                await backend.withdraw(s, "secret")
+            bad = ZooKeeperBackend(StoreURL.parse(f"{zk_url}?digest={user}:wrong"))
+            with pytest.raises(AuthenticationError):
+                await bad.open()
+            anonymous = ZooKeeperBackend(StoreURL.parse(zk_url))
+            with pytest.raises(AuthenticationError):
+                await anonymous.open()
+
+        run(main())
+    finally:
+        admin.stop()
+        admin.close()
+
+
+# -- ensemble ----------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_ensemble_member_killed_session_survives() -> None:
+    if os.environ.get("LEADERSHIP_TEST_ZOOKEEPER_URL"):
+        pytest.skip("needs a container ensemble to kill a member (LEADERSHIP_TEST_ZOOKEEPER_URL is set)")
+    from leadership_conformance.servers import start_zookeeper
+
+    server = start_zookeeper(3)
+    try:
+
+        async def main() -> None:
+            async with opened(server.url) as backend:
+                s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+                first = await backend.campaign(s1, "ens", "one")
+                t2 = await queue(backend, s2, "ens", "two")
+                loop = asyncio.get_running_loop()
+                for victim in (server.leader_member(), 0 if server.leader_member() != 0 else 1):
+                    assert victim is not None
+                    await loop.run_in_executor(None, server.kill_member, victim)
+                    # Refreshing as the core does: the session must be confirmed again within its ttl.
+                    deadline = time.monotonic() + s1.guaranteed
+                    while True:
+                        try:
+                            await s1.refresh()
+                            break
+                        except StoreUnavailableError:
+                            assert time.monotonic() < deadline, "session not confirmed within its ttl"
+                            await asyncio.sleep(0.05)
+                    assert s1.lost_reason is None and s2.lost_reason is None
+                    await loop.run_in_executor(None, server.start_member, victim)
+                if t2.done():  # its watch broke with its connection: the core campaigns again
+                    assert isinstance(t2.exception(), StoreUnavailableError)
+                    await until(lambda: _done(s2.client.connected))
+                    t2 = asyncio.create_task(backend.campaign(s2, "ens", "two"))
+                    await asyncio.sleep(0.2)
+                assert not t2.done()
+                await backend.withdraw(s1, "ens")
+                second = await asyncio.wait_for(t2, WAIT)
+                assert second.leader == "two" and second.token > first.token
+
+        run(main())
+    finally:
+        server.stop()

@@ -1,0 +1,28 @@
+"""The shared conformance kit against a real ZooKeeper (container, or LEADERSHIP_TEST_ZOOKEEPER_URL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from leadership_conformance import ConformanceSuite
+from leadership_conformance.servers import server_for
+
+
+class TestConformanceZooKeeper(ConformanceSuite):
+    # The kit's servers run with tickTime=250 ms: session timeouts of 0.5-5 s.
+    ttl = 2.0
+    # The server expires a dead session up to one tick after its timeout.
+    store_slack = 0.5
+    # ZooKeeper counts client pings as packets: the longest session the kit's server grants
+    # keeps keepalive traffic out of the no-herd count as far as it goes.
+    herd_ttl = 5.0
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def leadership_server(cls) -> Iterator[Any]:
+        server = server_for("zookeeper")
+        yield server
+        server.stop()
