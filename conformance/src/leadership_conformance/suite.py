@@ -354,7 +354,6 @@ class ProcessFaultTests(ConformanceBase):
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
         self.queued(b)
-        t0 = time.monotonic()
         a.freeze()
         b.wait_elected(True, self.ttl + self.store_slack + 5)
         time.sleep(0.2)
@@ -363,7 +362,6 @@ class ProcessFaultTests(ConformanceBase):
         status = a.status()
         assert status["is_leader"] is False, "a leader frozen past its ttl must not believe it leads"
         a.wait_elected(False, 2, after=mark)
-        assert time.monotonic() - t0 > self.ttl
         # While frozen it could not report; what matters is it never claimed leadership after b won.
         b_start = b.wait_elected(True, 1)["t"]
         assert all(not (e["event"] == "status" and e["is_leader"]) for e in a.events if e["t"] > b_start)

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from .errors import ConfigurationError
 
@@ -109,14 +109,22 @@ class StoreURL:
         assert default.port is not None
         return [e.with_default_port(default.port) for e in self.endpoints]
 
+    @overload
+    def option(self, name: str) -> str | None: ...
+    @overload
+    def option(
+        self, name: str, convert: Callable[[str], _T], default: None = None, *, allowed: str = ""
+    ) -> _T | None: ...
+    @overload
+    def option(self, name: str, convert: Callable[[str], _T], default: _T, *, allowed: str = "") -> _T: ...
     def option(
         self,
         name: str,
-        convert: Callable[[str], _T] = str,  # type: ignore[assignment]
-        default: _T | None = None,
+        convert: Callable[[str], Any] = str,
+        default: Any = None,
         *,
         allowed: str = "",
-    ) -> _T | None:
+    ) -> Any:
         """Pop option ``name`` converted with ``convert``; a conversion failure names what is allowed."""
         if name not in self.options:
             return default
