@@ -11,6 +11,7 @@ from typing import Any
 
 from ._session import Generation, SharedSession
 from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key, validate_name, validate_ttl, wait_first
+from ._watch import watch_terms
 from .backend import Term
 from .errors import (
     ClosedError,
@@ -26,6 +27,10 @@ from .store import AsyncStore, Store
 __all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError", "ahold", "hold"]
 
 log = logging.getLogger(__name__)
+
+#: After resigning, how long a candidate waits for its successor to take over before queueing
+#: again (it re-queues at once when it sees the successor).
+HANDOVER_GRACE = 0.05
 
 
 class NotLeaderError(LeadershipError):
@@ -263,9 +268,10 @@ class AsyncCandidate:
         for fut in self._elected_waiters:
             if not fut.done():
                 fut.set_result(term)
-        watch = asyncio.ensure_future(self._watch_replaced(term))
+        replaced, successor = Flag(), Flag()
+        watch = asyncio.ensure_future(self._watch_replaced(term, replaced, successor))
         try:
-            await wait_first(gen.lost, self._stop, self._resign, watch)
+            await wait_first(gen.lost, self._stop, self._resign, replaced, watch)
             # Report False first, then tidy up: the stream must not lag behind the truth.
             if self._stop.is_set():
                 reason = "stopped"
@@ -276,6 +282,17 @@ class AsyncCandidate:
             else:
                 reason = "replaced"
             self._set_demoted(term, reason)
+            if reason in ("resigned", "replaced"):
+                # Remove our entry (the next candidate takes over) and campaign again from the
+                # back of the queue — after the successor has taken over, so that our new entry
+                # does not compete with its first requests.
+                await self._withdraw_with_retry(gen)
+                if reason == "resigned":
+                    grace = asyncio.ensure_future(asyncio.sleep(HANDOVER_GRACE))
+                    try:
+                        await wait_first(successor, grace, self._stop, gen.lost, watch)
+                    finally:
+                        grace.cancel()
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
@@ -283,9 +300,6 @@ class AsyncCandidate:
             raise _Stopped
         if reason == "session_lost":
             raise SessionLostError(gen.reason)
-        # Resigned, or the store no longer shows us leading: remove our entry (the next candidate
-        # takes over) and campaign again from the back of the queue.
-        await self._withdraw_with_retry(gen)
 
     def _set_demoted(self, term: Term | None, reason: str) -> None:
         term = term or self._term
@@ -308,27 +322,18 @@ class AsyncCandidate:
                 self.store.report_error(exc, "withdraw", attempt, delay)
                 await self._until_stop(asyncio.sleep(delay))
 
-    async def _watch_replaced(self, term: Term) -> None:
-        """Return when the store shows a leader other than this term (or none)."""
-        attempt = 0
-        async with self.store.watching():
-            while True:
-                epoch = self.store.epoch_event()
-                try:
-                    async for current in self.store.backend.observe(self.key):
-                        attempt = 0
-                        if current is None or current.token != term.token:
-                            return
-                        if epoch.is_set():
-                            break
-                    else:
-                        raise StoreUnavailableError("watch ended")
-                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                    # The session deadline protects leadership during an outage; keep watching.
-                    attempt += 1
-                    delay = DEFAULT_RETRY.delay(attempt)
-                    self.store.report_error(exc, "observe", attempt, delay)
-                    await asyncio.sleep(delay)
+    async def _watch_replaced(self, term: Term, replaced: Flag, successor: Flag) -> None:
+        """Set ``replaced`` when the store shows a leader other than ``term`` (or none), and
+        ``successor`` (and return) once it shows another leader."""
+        # Retried without end: during an outage the session deadline is what protects leadership.
+        watch = watch_terms(self.store, self.key, retry=DEFAULT_RETRY, stop=self._stop)
+        async with contextlib.aclosing(watch) as terms:
+            async for current in terms:
+                if current is None or current.token != term.token:
+                    replaced.set()
+                if current is not None and current.token != term.token:
+                    successor.set()
+                    return
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else ("running" if self.running else "idle")

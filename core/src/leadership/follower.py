@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key, wait_first
+from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key
+from ._watch import watch_terms
 from .backend import Term
 from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
 from .store import AsyncStore, Store
@@ -108,44 +110,17 @@ class AsyncFollower:
         )
 
     async def _run(self) -> None:
-        attempt = 0
         error: BaseException | None = None
         try:
-            async with self.store.watching():
-                while not self._stop.is_set():
-                    epoch = self.store.epoch_event()
-                    try:
-                        await self.store.ensure_open()
-                        iterator = self.store.backend.observe(self.key)
-                        try:
-                            while True:
-                                nxt = asyncio.ensure_future(iterator.__anext__())
-                                await wait_first(nxt, self._stop, epoch)
-                                if not nxt.done():
-                                    nxt.cancel()
-                                    await asyncio.gather(nxt, return_exceptions=True)
-                                    break  # stopped, or the watch must be re-established
-                                try:
-                                    term = nxt.result()
-                                except StopAsyncIteration:
-                                    raise StoreUnavailableError("watch ended") from None
-                                attempt = 0
-                                self._update(term)
-                        finally:
-                            aclose = getattr(iterator, "aclose", None)
-                            if aclose is not None:
-                                await asyncio.gather(aclose(), return_exceptions=True)
-                    except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                        attempt += 1
-                        if self.retry is None:
-                            self.store.report_error(exc, "observe", attempt, None)
-                            error = exc
-                            return
-                        delay = self.retry.delay(attempt)
-                        self.store.report_error(exc, "observe", attempt, delay)
-                        await wait_first(asyncio.ensure_future(asyncio.sleep(delay)), self._stop)
+            async with contextlib.aclosing(
+                watch_terms(self.store, self.key, retry=self.retry, stop=self._stop)
+            ) as terms:
+                async for term in terms:
+                    self._update(term)
+        except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+            error = exc  # retry=None: the caller retries
         except LeadershipError as exc:
-            self.store.report_error(exc, "observe", attempt + 1, None)
+            self.store.report_error(exc, "observe", 1, None)
             error = exc
         except Exception as exc:
             log.exception("follower of %r failed", self.key)
