@@ -21,6 +21,7 @@ from __future__ import annotations
 from .suite import (
     BadInputTests,
     CandidateTests,
+    ClusterFailoverTests,
     ConformanceBase,
     ConformanceSuite,
     ExclusionTests,
@@ -36,6 +37,7 @@ from .suite import (
 __all__ = [
     "BadInputTests",
     "CandidateTests",
+    "ClusterFailoverTests",
     "ConformanceBase",
     "ConformanceSuite",
     "ExclusionTests",

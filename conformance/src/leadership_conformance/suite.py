@@ -39,6 +39,7 @@ from .agents import Agent, ProcessAgent, ThreadAgent
 __all__ = [
     "BadInputTests",
     "CandidateTests",
+    "ClusterFailoverTests",
     "ConformanceBase",
     "ConformanceSuite",
     "ExclusionTests",
@@ -534,6 +535,48 @@ class BadInputTests(ConformanceBase):
         scheme = store_url.split("://")[0]
         with pytest.raises(leadership.UnknownBackendError, match=scheme):
             leadership.connect(f"{scheme}x://127.0.0.1:1")
+
+
+@pytest.mark.cluster
+class ClusterFailoverTests(ConformanceBase):
+    """Run against a multi-member store (``leadership_server`` with ``members``,
+    ``leader_member()``, ``kill_member()``, ``start_member()``): the store's own leader dies in
+    the middle of a handover. Not part of ConformanceSuite: combine it with a cluster fixture."""
+
+    #: How long the cluster may take to elect a new leader member and serve again.
+    cluster_recovery_time: ClassVar[float] = 15.0
+
+    def test_store_leader_killed_mid_handover(self, spawn: Callable[..., Agent], leadership_server: Any) -> None:
+        if len(getattr(leadership_server, "members", [])) < 3 or not leadership_server.can_inject_faults:
+            pytest.skip("needs a store cluster of 3 or more members the kit can kill")
+        agents = [spawn(f"c{i}") for i in range(3)]
+        for agent in agents:
+            self.queued(agent)
+        f = spawn("f", follower=True)
+        leader = self.elected_one(agents, self.handover_timeout)
+        victim = leadership_server.leader_member()
+        assert victim is not None, "could not tell which store member leads"
+        marks = {x.name: x.mark() for x in agents}
+        leader.command("resign")  # the handover is under way when the store's leader dies
+        leadership_server.kill_member(victim)
+        try:
+            bound = self.ttl * 2 + self.store_slack + self.cluster_recovery_time
+            new = self.elected_one(agents, bound, after=marks)
+            # The survivors keep serving: a handover after the failover works, and the follower sees it.
+            marks = {x.name: x.mark() for x in agents}
+            mark_f = f.mark()
+            new.resign()
+            nxt = self.elected_one([x for x in agents if x is not new], bound, after=marks)
+            f.wait_for(
+                lambda e: e["event"] == "leader" and e["leader"] == nxt.name,
+                bound,
+                "follower sees the leader after the failover",
+                after=mark_f,
+            )
+        finally:
+            leadership_server.start_member(victim)
+        assert_one_leader_at_a_time(agents)
+        assert not any(x.errors() for x in [*agents, f])
 
 
 class ConformanceSuite(

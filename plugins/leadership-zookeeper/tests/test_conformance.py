@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from leadership_conformance import ConformanceSuite
+from leadership_conformance import ClusterFailoverTests, ConformanceSuite
 from leadership_conformance.servers import server_for
 
 
@@ -24,5 +24,19 @@ class TestConformanceZooKeeper(ConformanceSuite):
     @classmethod
     def leadership_server(cls) -> Iterator[Any]:
         server = server_for("zookeeper")
+        yield server
+        server.stop()
+
+
+class TestZooKeeperEnsembleFailover(ClusterFailoverTests):
+    """A 3-node ensemble whose leading server is killed in the middle of a handover."""
+
+    ttl = 2.0
+    store_slack = 0.5
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def leadership_server(cls) -> Iterator[Any]:
+        server = server_for("zookeeper", members=3)
         yield server
         server.stop()
