@@ -742,6 +742,8 @@ def start_zookeeper(
                 ZOO_SYNC_LIMIT=str(sync_limit),
                 ZOO_STANDALONE_ENABLED="true",
                 ZOO_ADMINSERVER_ENABLED="false",
+                # Tests and benchmarks open many clients from one address (60 by default).
+                ZOO_MAX_CLIENT_CNXNS="0",
                 ZOO_4LW_COMMANDS_WHITELIST="srvr,mntr,ruok,stat,conf,cons,isro",
                 ZOO_CFG_EXTRA=" ".join(extra),
             )

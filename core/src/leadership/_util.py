@@ -157,6 +157,18 @@ class Stream(Generic[_T]):
             self._consuming = False
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` without waiting for it, and make sure its outcome is retrieved (no
+    "exception was never retrieved" noise when it fails while being torn down)."""
+    task.cancel()
+    task.add_done_callback(_retrieve)
+
+
 class Flag:
     """An asyncio.Event that can also hand out plain futures, so racing it against other work
     costs no extra task (the core races flags on every handover)."""

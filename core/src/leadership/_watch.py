@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
-from ._util import Flag, RetryPolicy, wait_first
+from ._util import Flag, RetryPolicy, abandon, wait_first
 from .backend import Term
 from .errors import StoreUnavailableError
 
@@ -30,7 +30,11 @@ async def watch_terms(
                 try:
                     while True:
                         nxt = asyncio.ensure_future(iterator.__anext__())
-                        await wait_first(nxt, stop, epoch)
+                        try:
+                            await wait_first(nxt, stop, epoch)
+                        except BaseException:
+                            abandon(nxt)
+                            raise
                         if not nxt.done():  # stopped, or the watch must be re-established
                             nxt.cancel()
                             await asyncio.gather(nxt, return_exceptions=True)

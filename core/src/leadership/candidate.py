@@ -10,7 +10,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ._session import Generation, SharedSession
-from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key, validate_name, validate_ttl, wait_first
+from ._util import (
+    DEFAULT_RETRY,
+    Flag,
+    RetryPolicy,
+    Stream,
+    abandon,
+    validate_key,
+    validate_name,
+    validate_ttl,
+    wait_first,
+)
 from ._watch import watch_terms
 from .backend import Term
 from .errors import (
@@ -234,7 +244,7 @@ class AsyncCandidate:
         try:
             await wait_first(task, self._stop)
         except asyncio.CancelledError:
-            task.cancel()
+            abandon(task)
             raise
         if task.done():
             return task.result()
@@ -248,7 +258,7 @@ class AsyncCandidate:
         try:
             await wait_first(task, self._stop, gen.lost)
         except asyncio.CancelledError:
-            task.cancel()
+            abandon(task)
             raise
         if task.done():
             return task.result()
