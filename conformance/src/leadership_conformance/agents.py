@@ -132,6 +132,10 @@ class ProcessAgent(Agent):
                 log.warning("%s: unparsable line %r", self.name, line)
         self._record({"t": time.monotonic(), "event": "exited"})
 
+    def diagnostics(self) -> str:
+        tail = "\n".join(self.stderr[-40:])
+        return f"\n{self.name} stderr (last lines):\n{tail}" if tail else ""
+
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:

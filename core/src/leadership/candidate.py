@@ -51,8 +51,8 @@ class _Stopped(Exception):
     pass
 
 
-class _Interrupted(Exception):
-    pass
+class _Reissue(Exception):
+    """The store came back or restarted while campaigning: campaign again."""
 
 
 class AsyncCandidate:
@@ -194,13 +194,21 @@ class AsyncCandidate:
                 try:
                     gen = await self._until_stop(self._shared.generation(fail_fast=self.retry is None))
                     self._gen = gen
-                    term = await self._guarded(self.store.backend.campaign(gen.raw, self.key, self.name), gen)
+                    # While waiting, the store's health is watched: after an outage or a restart
+                    # the campaign is re-issued (campaign is idempotent per session and key), so a
+                    # wait the client dropped silently cannot strand this candidate.
+                    async with self.store.watching():
+                        epoch = self.store.epoch_event()
+                        campaign = self.store.backend.campaign(gen.raw, self.key, self.name)
+                        term = await self._guarded(campaign, gen, epoch)
                     if not gen.alive():
                         raise SessionLostError("session lost while the campaign returned")
                     attempt = 0
                     await self._lead(gen, term)
                 except _Stopped:
                     break
+                except _Reissue:
+                    continue
                 except SessionLostError:
                     continue  # the shared session opens the next generation; campaign again on it
                 except (StoreUnavailableError, asyncio.TimeoutError) as exc:
@@ -252,11 +260,12 @@ class AsyncCandidate:
         await asyncio.gather(task, return_exceptions=True)
         raise _Stopped
 
-    async def _guarded(self, aw: Any, gen: Generation) -> Any:
-        """Run ``aw`` until it finishes, the session is lost, or stop() is called."""
+    async def _guarded(self, aw: Any, gen: Generation, epoch: Flag | None = None) -> Any:
+        """Run ``aw`` until it finishes, the session is lost, stop() is called, or (given
+        ``epoch``) the store's watches must be re-established."""
         task = asyncio.ensure_future(aw)
         try:
-            await wait_first(task, self._stop, gen.lost)
+            await wait_first(task, self._stop, gen.lost, *([epoch] if epoch is not None else []))
         except asyncio.CancelledError:
             abandon(task)
             raise
@@ -266,7 +275,9 @@ class AsyncCandidate:
         await asyncio.gather(task, return_exceptions=True)
         if self._stop.is_set():
             raise _Stopped
-        raise SessionLostError(f"session lost ({gen.reason})")
+        if gen.lost.is_set():
+            raise SessionLostError(f"session lost ({gen.reason})")
+        raise _Reissue
 
     async def _lead(self, gen: Generation, term: Term) -> None:
         self._resign.clear()
