@@ -398,9 +398,9 @@ class FaultTests(ConformanceBase):
             assert a.status()["is_leader"] is False
             time.sleep(max(0.0, t0 + self.ttl + 0.5 - time.monotonic()))
         finally:
+            mark_f = f.mark()
             leadership_server.unpause()
         # The election recovers by itself.
-        mark_f = f.mark()
         leader = self.elected_one([a, b], self.ttl * 2 + self.store_slack + self.recovery_time, after={"a": mark})
         f.wait_for(
             lambda e: e["event"] == "leader" and e["leader"] == leader.name,
