@@ -371,21 +371,23 @@ class ProcessFaultTests(ConformanceBase):
 class FaultTests(ConformanceBase):
     """The store is paused or restarted."""
 
-    def needs_faults(self, leadership_server: Any) -> None:
+    def leader_waiter_follower(self, spawn: Callable[..., Agent], leadership_server: Any) -> tuple[Agent, Agent, Agent]:
+        """Skip without fault injection; else: a leads, b waits, f follows and has seen a."""
         if not self.supports_store_faults or not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("the server handle cannot inject store faults (external server)")
-
-    @pytest.mark.store_faults
-    def test_store_paused_past_ttl_leader_demotes_before_expiry(
-        self, spawn: Callable[..., Agent], leadership_server: Any
-    ) -> None:
-        self.needs_faults(leadership_server)
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
         b = spawn("b")
         self.queued(b)
         f = spawn("f", follower=True)
         f.wait_for(lambda e: e["event"] == "leader" and e["leader"] == "a", self.handover_timeout)
+        return a, b, f
+
+    @pytest.mark.store_faults
+    def test_store_paused_past_ttl_leader_demotes_before_expiry(
+        self, spawn: Callable[..., Agent], leadership_server: Any
+    ) -> None:
+        a, b, f = self.leader_waiter_follower(spawn, leadership_server)
         mark = a.mark()
         t0 = time.monotonic()
         leadership_server.pause()
@@ -414,13 +416,7 @@ class FaultTests(ConformanceBase):
     def test_store_restart_candidates_and_followers_recover(
         self, spawn: Callable[..., Agent], leadership_server: Any
     ) -> None:
-        self.needs_faults(leadership_server)
-        a = spawn("a")
-        a.wait_elected(True, self.handover_timeout)
-        b = spawn("b")
-        self.queued(b)
-        f = spawn("f", follower=True)
-        f.wait_for(lambda e: e["event"] == "leader" and e["leader"] == "a", self.handover_timeout)
+        a, b, f = self.leader_waiter_follower(spawn, leadership_server)
         leadership_server.restart()
         deadline = time.monotonic() + self.ttl * 2 + self.store_slack + self.recovery_time
         # After the restart exactly one of them leads and the follower agrees, with no caller retry.

@@ -427,11 +427,7 @@ class Candidate:
                 "use leadership.aio.Candidate with an AsyncStore"
             )
         self.store = store
-        # Validate in the caller's thread, so bad input fails at this call.
-        validate_key(key)
-        validate_name(name)
-        backend = type(store.aio.backend)
-        validate_ttl(ttl, backend.min_ttl, backend.max_ttl, store.aio.scheme)
+        # Built on the store's loop; a bad key, name or ttl raises here all the same.
         self.aio: AsyncCandidate = store._call(lambda: AsyncCandidate(store.aio, key, name, ttl, retry=retry))
 
     key = property(lambda self: self.aio.key)

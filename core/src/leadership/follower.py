@@ -146,7 +146,6 @@ class Follower:
                 f"store must be a Store (from leadership.connect), got {type(store).__name__}; "
                 "use leadership.aio.Follower with an AsyncStore"
             )
-        validate_key(key)
         self.store = store
         self.aio: AsyncFollower = store._call(lambda: AsyncFollower(store.aio, key, retry=retry))
 
