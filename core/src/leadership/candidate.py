@@ -77,7 +77,7 @@ class AsyncCandidate:
     ) -> None:
         if not isinstance(store, AsyncStore):
             raise InvalidArgumentError(
-                f"store must be an AsyncStore (from leadership.aconnect), got {type(store).__name__}"
+                f"store must be an AsyncStore (from leadership.aio.connect), got {type(store).__name__}"
             )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")

@@ -32,7 +32,7 @@ class AsyncFollower:
     def __init__(self, store: AsyncStore, key: str, *, retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
         if not isinstance(store, AsyncStore):
             raise InvalidArgumentError(
-                f"store must be an AsyncStore (from leadership.aconnect), got {type(store).__name__}"
+                f"store must be an AsyncStore (from leadership.aio.connect), got {type(store).__name__}"
             )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
