@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from leadership.backend import Term
+from leadership.backend import Session, Term
 from leadership.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -81,6 +81,19 @@ async def entries(backend: ConsulBackend, key: str) -> list[str]:
 async def waiting(task: asyncio.Task[Any], seconds: float = 0.3) -> None:
     await asyncio.sleep(seconds)
     assert not task.done(), task
+
+
+async def three_in_line(
+    b: ConsulBackend, key: str
+) -> tuple[tuple[Session, Session, Session], Term, asyncio.Task[Term], asyncio.Task[Term]]:
+    """Sessions one, two, three queued for ``key`` in that order: one leads, two and three wait."""
+    s1, s2, s3 = [await b.create_session(TTL) for _ in range(3)]
+    term = await b.campaign(s1, key, "one")
+    t2 = asyncio.create_task(b.campaign(s2, key, "two"))
+    await waiting(t2, 0.1)
+    t3 = asyncio.create_task(b.campaign(s3, key, "three"))
+    await waiting(t3)
+    return (s1, s2, s3), term, t2, t3
 
 
 # -- URL and options: no server needed -----------------------------------------------------------
@@ -258,13 +271,8 @@ def test_tokens_strictly_increase_and_match_the_store(consul_url: str, key: str)
 def test_campaign_is_idempotent_per_session(consul_url: str, key: str) -> None:
     async def main() -> None:
         async with opened(consul_url) as b:
-            s1, s2, s3 = [await b.create_session(TTL) for _ in range(3)]
-            term = await b.campaign(s1, key, "one")
+            (s1, s2, s3), term, t2, t3 = await three_in_line(b, key)
             assert await b.campaign(s1, key, "one") == term, "a leader campaigning again keeps its term"
-            t2 = asyncio.create_task(b.campaign(s2, key, "two"))
-            await waiting(t2, 0.1)
-            t3 = asyncio.create_task(b.campaign(s3, key, "three"))
-            await waiting(t3)
             # A retried campaign (after a transient error) keeps its place ahead of three.
             t2.cancel()
             await asyncio.gather(t2, return_exceptions=True)
@@ -284,12 +292,7 @@ def test_campaign_is_idempotent_per_session(consul_url: str, key: str) -> None:
 def test_withdraw_while_waiting_leaves_the_line(consul_url: str, key: str) -> None:
     async def main() -> None:
         async with opened(consul_url) as b:
-            s1, s2, s3 = [await b.create_session(TTL) for _ in range(3)]
-            await b.campaign(s1, key, "one")
-            t2 = asyncio.create_task(b.campaign(s2, key, "two"))
-            await waiting(t2, 0.1)
-            t3 = asyncio.create_task(b.campaign(s3, key, "three"))
-            await waiting(t3)
+            (s1, s2, s3), _, t2, t3 = await three_in_line(b, key)
             # What the core does on stop(): cancel the campaign, then withdraw.
             t2.cancel()
             await asyncio.gather(t2, return_exceptions=True)
@@ -354,12 +357,7 @@ def test_session_close_releases(consul_url: str, key: str) -> None:
 def test_waiter_whose_session_died_raises_session_lost(consul_url: str, key: str) -> None:
     async def main() -> None:
         async with opened(consul_url) as b:
-            s1, s2, s3 = [await b.create_session(TTL) for _ in range(3)]
-            await b.campaign(s1, key, "one")
-            t2 = asyncio.create_task(b.campaign(s2, key, "two"))
-            await waiting(t2, 0.1)
-            t3 = asyncio.create_task(b.campaign(s3, key, "three"))
-            await waiting(t3)
+            (s1, s2, s3), _, t2, t3 = await three_in_line(b, key)
             await s2.close()  # its queue entry goes with it
             await b.withdraw(s1, key)
             assert (await asyncio.wait_for(t3, 5)).leader == "three"

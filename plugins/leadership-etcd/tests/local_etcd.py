@@ -3,6 +3,7 @@ kill, freeze and restart members (one member or a three-member cluster) on 127.0
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,7 +11,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+from leadership.errors import StoreUnavailableError
 
 ETCD = shutil.which("etcd")
 #: Optional port range "FIRST-LAST" (or just FIRST: 8 ports) to use instead of free ports
@@ -65,17 +70,29 @@ class Member:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
-                    "--listen-client-urls", f"{self.scheme}://{self.endpoint}",
-                    "--advertise-client-urls", f"{self.scheme}://{self.endpoint}",
-                    "--listen-peer-urls", self.peer_url,
-                    "--initial-advertise-peer-urls", self.peer_url,
-                    "--initial-cluster", initial_cluster,
-                    "--initial-cluster-state", state,
-                    "--initial-cluster-token", "leadership-test",
+                    ETCD,
+                    "--name",
+                    self.name,
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--listen-client-urls",
+                    f"{self.scheme}://{self.endpoint}",
+                    "--advertise-client-urls",
+                    f"{self.scheme}://{self.endpoint}",
+                    "--listen-peer-urls",
+                    self.peer_url,
+                    "--initial-advertise-peer-urls",
+                    self.peer_url,
+                    "--initial-cluster",
+                    initial_cluster,
+                    "--initial-cluster-state",
+                    state,
+                    "--initial-cluster-token",
+                    "leadership-test",
                     *self.extra,
                 ],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def kill(self) -> None:
@@ -102,8 +119,14 @@ class LocalCluster:
         self._tmp = tempfile.mkdtemp(prefix="leadership-etcd-")
         ports = _ports(2 * size)
         self.members = [
-            Member(f"m{i}", ports[2 * i], ports[2 * i + 1], Path(self._tmp) / f"m{i}", extra or [],
-                   "https" if tls else "http")
+            Member(
+                f"m{i}",
+                ports[2 * i],
+                ports[2 * i + 1],
+                Path(self._tmp) / f"m{i}",
+                extra or [],
+                "https" if tls else "http",
+            )
             for i in range(size)
         ]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -192,3 +215,18 @@ class LocalCluster:
                 m.thaw()
             m.kill()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+async def retrying(op: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    """What the core does on StoreUnavailableError (without the jitter)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await op()
+        except StoreUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol, TypeVar
 
 import pytest
@@ -20,7 +20,7 @@ from leadership.errors import StoreUnavailableError
 from leadership.url import StoreURL
 from leadership_etcd import EtcdBackend
 
-from .local_etcd import ETCD, LocalCluster
+from .local_etcd import ETCD, LocalCluster, retrying
 
 T = TypeVar("T")
 KEY = "faults/leader"
@@ -108,18 +108,6 @@ async def opened(url: str) -> AsyncIterator[EtcdBackend]:
         yield backend
     finally:
         await backend.close()
-
-
-async def retrying(op: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
-    """What the core does on StoreUnavailableError (without the jitter)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await op()
-        except StoreUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def next_term(seen: AsyncIterator[Term | None]) -> Term | None:

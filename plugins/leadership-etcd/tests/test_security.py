@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,22 +18,11 @@ from leadership.errors import AuthenticationError, PermanentStoreError, StoreUna
 from leadership.url import StoreURL
 from leadership_etcd import EtcdBackend
 
-from .local_etcd import ETCD, LocalCluster
+from .local_etcd import ETCD, LocalCluster, retrying
 
 T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="the etcd binary is not installed (apt-get install etcd-server)")
-
-
-async def retrying(op: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await op()
-        except StoreUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def elect(url: str) -> int:
