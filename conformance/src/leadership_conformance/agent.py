@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -110,9 +111,15 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=15.0)
     parser.add_argument("--follower", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    # INFO by default: a failing test shows the agent's last lines, retries and elections included.
+    level = os.environ.get("LEADERSHIP_AGENT_LOG_LEVEL", "INFO").upper()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_dir = os.environ.get("LEADERSHIP_AGENT_LOG_DIR")
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        name = "follower" if args.follower else args.name
+        handlers.append(logging.FileHandler(os.path.join(log_dir, f"{args.key.replace('/', '_')}-{name}.log")))
+    logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = leadership.connect(args.url, plugin_manager=recording_plugin_manager(emit))
     try:
         (_follower if args.follower else _candidate)(args, store)
