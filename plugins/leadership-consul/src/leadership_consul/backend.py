@@ -284,14 +284,32 @@ class ConsulBackend(Backend):
 
     async def _renew(self, session_id: str) -> None:
         response = await self._request("PUT", f"/v1/session/renew/{session_id}")
-        if response.code == 404:
+        if response.code == 404 and not await self._session_exists(session_id):
             raise SessionLostError(f"consul session {session_id} expired or was destroyed")
+        if response.code == 404:
+            raise StoreUnavailableError(
+                f"consul {self._where} answered 404 to renewing session {session_id}, which still exists "
+                "(a server replaying its log after a restart)"
+            )
         self._check(response, f"renew session {session_id}")
 
     async def _destroy(self, session_id: str) -> None:
         response = await self._request("PUT", f"/v1/session/destroy/{session_id}")
+        if response.code == 404 and await self._session_exists(session_id):
+            # Gone from a state store still catching up, not from Consul: its entries would
+            # stay until the TTL runs out, so the core retries.
+            raise StoreUnavailableError(f"consul {self._where} could not destroy session {session_id} yet")
         if response.code != 404:
             self._check(response, f"destroy session {session_id}")
+
+    async def _session_exists(self, session_id: str) -> bool:
+        """Whether ``session_id`` exists, by a consistent read. Renew and destroy are answered
+        from the server's state store without waiting for its log replay, so their 404 alone
+        does not prove the session is gone."""
+        response = await self._request("GET", f"/v1/session/info/{session_id}", [("consistent", "")])
+        if response.code == 404:
+            return False
+        return bool(self._json(response, f"read session {session_id}", (list, type(None))))
 
     # -- elections ---------------------------------------------------------------------------
     def _keys(self, key: str) -> tuple[str, str, str]:
@@ -442,13 +460,23 @@ class ConsulBackend(Backend):
     ) -> tuple[int, list[_Entry]]:
         """(X-Consul-Index, entries) of ``key``; a blocking query when ``index`` is set.
 
-        A campaign never reads stale: it must see its own entry it just wrote."""
+        A read that starts from nothing (``index`` 0) is ``consistent``, except a watch's when
+        the URL asks for ``stale``: a Consul server just elected (after a restart, say) answers
+        default-mode reads from a state store still replaying its raft log, where a held key can
+        be missing, while a consistent read waits for the replay ("not ready to serve consistent
+        reads" is a 500, retried). A blocking read continues from an index already seen, so it
+        can only return a later state: it follows the ``consistency`` option, except that a
+        campaign (``campaign``) never reads stale, as it must see the entry it just wrote."""
         params: list[tuple[str, str]] = []
         if recurse:
             params.append(("recurse", ""))
-        consistency = "default" if campaign and self._consistency == "stale" else self._consistency
+        consistency = str(self._consistency)
+        if index == 0 and (campaign or consistency != "stale"):
+            consistency = "consistent"
+        elif campaign and consistency == "stale":
+            consistency = "default"
         if consistency != "default":
-            params.append((str(consistency), ""))
+            params.append((consistency, ""))
         timeout = self._timeout
         if index > 0:
             assert self._wait is not None and timeout is not None
@@ -517,7 +545,9 @@ class ConsulBackend(Backend):
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, consul.ConsulException) as exc:
             raise StoreUnavailableError(f"consul {self._where}: {method} {path} failed: {exc!r}") from exc
 
-    def _json(self, response: _Response, what: str, shape: type, *, conflict_ok: bool = False) -> Any:
+    def _json(
+        self, response: _Response, what: str, shape: type | tuple[type, ...], *, conflict_ok: bool = False
+    ) -> Any:
         """The decoded body of a successful answer (or of a 409: a rolled-back transaction)."""
         if not (conflict_ok and response.code == 409):
             self._check(response, what)
