@@ -124,6 +124,37 @@ def test_self_demotion_when_keepalives_fail(store: leadership.Store, cluster) ->
     c.stop()
 
 
+def test_session_lost_in_an_outage_is_revoked_once_the_store_is_back(url: str, cluster) -> None:  # type: ignore[no-untyped-def]
+    # A leader's session whose deadline passed during an outage may still be held by the store.
+    # Left there, it would keep its place at the head of the queue until the store expired it;
+    # the core revokes it as soon as the store answers again, so the next in line leads at once.
+    ttl = 3.0
+    a_store = leadership.connect(url, safety_margin=1.5)  # a gives up well before the store does
+    b_store = leadership.connect(url, safety_margin=0.0)  # b's session outlives the outage
+    try:
+        a = leadership.Candidate(a_store, "k", "a", ttl=ttl)
+        a.wait_elected(5)
+        (old_session,) = cluster.session_ids()
+        b = leadership.Candidate(b_store, "k", "b", ttl=ttl)
+        values, _ = collect(b)
+        wait_until(lambda: len(cluster.queue("k")) == 2)
+        cluster.set_available(False)
+        wait_until(lambda: not a.is_leader, timeout=ttl)
+        time.sleep(0.3)  # the outage outlasts a's first attempt to revoke the session
+        expires_in = cluster.session_expires_in(old_session)
+        assert expires_in is not None and expires_in > 0.5, "the store still holds the lost session"
+        store_expiry = time.monotonic() + expires_in
+        cluster.set_available(True)
+        wait_until(lambda: values == [False, True], timeout=ttl)
+        assert time.monotonic() < store_expiry, "b had to wait for the store to expire a's lost session"
+        assert old_session not in cluster.session_ids()
+        a.stop()
+        b.stop()
+    finally:
+        a_store.close()
+        b_store.close()
+
+
 def test_is_leader_checks_deadline_on_read_even_if_loop_is_stuck(store: leadership.Store) -> None:
     ttl = 0.4
     c = leadership.Candidate(store, "k", "a", ttl=ttl)

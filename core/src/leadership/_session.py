@@ -9,7 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._util import DEFAULT_RETRY, Flag
+from ._util import DEFAULT_RETRY, Flag, nap
 from .backend import Session
 from .errors import ClosedError, SessionLostError, StoreUnavailableError
 
@@ -65,6 +65,8 @@ class SharedSession:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        #: Tasks revoking lost generations' sessions, retried while the store is unreachable.
+        self._reapers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._task is None:
@@ -132,7 +134,7 @@ class SharedSession:
                 self.store.report_error(exc, "create_session", attempt, delay)
                 self._transient = exc
                 self._changed.set()
-                await asyncio.sleep(delay)
+                await nap(delay, self.store.epoch_event())  # early once the store is back
                 continue
             except asyncio.CancelledError:
                 raise
@@ -156,8 +158,10 @@ class SharedSession:
                 if self._timer is not None:
                     self._timer.cancel()
                 # The store may still hold it (we merely could not confirm it): revoke, so the
-                # next candidate does not wait for the store to expire it.
-                await self._close_raw(raw)
+                # next candidate does not wait for the store to expire it. In the background, and
+                # retried: a session left behind keeps its place in every queue it joined, and a
+                # handover to it would stall the election until the store expires it.
+                self._reap(raw)
 
     def _on_lost(self, gen: Generation) -> None:
         log.warning("store reports session %s lost on %s", gen.raw.id, self.store.display_url)
@@ -213,13 +217,32 @@ class SharedSession:
             self._arm(gen)
             next_at = sent + interval
 
+    def _reap(self, raw: Session) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_raw(raw), name=f"leadership-reap-{raw.id}")
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
     async def _close_raw(self, raw: Session) -> None:
-        try:
-            await asyncio.wait_for(raw.close(), timeout=max(1.0, raw.refresh_interval))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the store expires it by itself
-            log.debug("closing session %s failed (%s); it will expire by itself", raw.id, exc)
+        """Revoke ``raw``, retrying transient failures until the store must have expired it."""
+        give_up = time.monotonic() + self.ttl
+        attempt = 0
+        while True:
+            try:
+                await asyncio.wait_for(raw.close(), timeout=max(1.0, raw.refresh_interval))
+                return
+            except asyncio.CancelledError:
+                raise
+            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                attempt += 1
+                delay = DEFAULT_RETRY.delay(attempt)
+                if time.monotonic() + delay >= give_up:
+                    log.debug("closing session %s failed (%s); it expires by itself", raw.id, exc)
+                    return
+                log.debug("closing session %s failed (%s); retrying in %.2fs", raw.id, exc, delay)
+                await asyncio.sleep(delay)
+            except Exception as exc:  # noqa: BLE001 - the store expires it by itself
+                log.warning("closing session %s on %s failed: %s", raw.id, self.store.display_url, exc)
+                return
 
     async def close(self) -> None:
         self._closing = True
@@ -233,5 +256,12 @@ class SharedSession:
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing must finish
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._reapers:
+            # Revocations still retrying get a moment more; the store expires the rest.
+            reapers = list(self._reapers)
+            _, pending = await asyncio.wait(reapers, timeout=2.0)
+            for reaper in pending:
+                reaper.cancel()
+            await asyncio.gather(*reapers, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()

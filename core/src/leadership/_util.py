@@ -240,3 +240,12 @@ async def wait_first(*aws: asyncio.Future[Any] | Flag) -> None:
         for flag, fut in flags:
             flag.discard(fut)
             fut.cancel()
+
+
+async def nap(delay: float, *flags: Flag) -> None:
+    """Sleep ``delay`` seconds, or less: until any of ``flags`` is set."""
+    pause = asyncio.ensure_future(asyncio.sleep(delay))
+    try:
+        await wait_first(pause, *flags)
+    finally:
+        pause.cancel()

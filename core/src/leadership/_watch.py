@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
-from ._util import Flag, RetryPolicy, abandon, wait_first
+from ._util import Flag, RetryPolicy, abandon, nap, wait_first
 from .backend import Term
 from .errors import StoreUnavailableError
 
@@ -56,8 +56,5 @@ async def watch_terms(
                     raise
                 delay = retry.delay(attempt)
                 store.report_error(exc, "observe", attempt, delay)
-                pause = asyncio.ensure_future(asyncio.sleep(delay))
-                try:
-                    await wait_first(pause, stop)
-                finally:
-                    pause.cancel()
+                # Retried early when the store is reachable again.
+                await nap(delay, stop, store.epoch_event())

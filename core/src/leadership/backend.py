@@ -90,7 +90,8 @@ class Session(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Revoke the session, releasing every entry it holds. Must not raise when it is already
-        gone; may raise StoreUnavailableError (the session then expires by itself)."""
+        gone; may raise StoreUnavailableError, and the core then calls it again (with backoff)
+        until it succeeds or the store must have expired the session by itself."""
 
     # -- push notification, optional -------------------------------------------------------
     def set_lost_callback(self, callback: Callable[[], None] | None) -> None:

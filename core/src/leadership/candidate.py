@@ -16,6 +16,7 @@ from ._util import (
     RetryPolicy,
     Stream,
     abandon,
+    nap,
     validate_key,
     validate_name,
     validate_ttl,
@@ -219,9 +220,11 @@ class AsyncCandidate:
                         break
                     delay = self.retry.delay(attempt)
                     self.store.report_error(exc, "campaign", attempt, delay)
-                    try:
-                        await self._until_stop(asyncio.sleep(delay))
-                    except _Stopped:
+                    # The backoff ends early when the store is reachable again: after a long
+                    # outage it may have grown to seconds.
+                    async with self.store.watching():
+                        await nap(delay, self._stop, self.store.epoch_event())
+                    if self._stop.is_set():
                         break
         except (StoreError, LeadershipError) as exc:
             self.store.report_error(exc, "campaign", attempt + 1, None)

@@ -90,6 +90,13 @@ class MemoryCluster:
             self._expire()
             return [str(s) for s in self._sessions]
 
+    def session_expires_in(self, session_id: str | int) -> float | None:
+        """Seconds until the store expires the session if it is not refreshed; None if gone."""
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(int(session_id))
+            return None if session is None else session.expires_at - time.monotonic()
+
     def queue(self, key: str) -> list[tuple[str, str, int]]:
         """(session id, name, revision) of every entry under ``key``, leader first."""
         with self._lock:
