@@ -6,7 +6,8 @@ SIGKILL or SIGSTOP it like a real service.
 
 stdout: one JSON object a line: ``{"t": <CLOCK_MONOTONIC>, "event": ..., ...}``; events are
 ``ready``, ``elected`` (``value`` bool, ``token``), ``leader`` (``leader``, ``token``),
-``status`` (``is_leader``, ``token``), ``ended``, ``error`` (``error``). stdin commands:
+``status`` (``is_leader``, ``token``), ``resigned`` (``token``: the term given up, None if none),
+``ended``, ``error`` (``error``). stdin commands:
 ``resign``, ``stop``, ``status``.
 """
 
@@ -75,8 +76,9 @@ def _candidate(args: argparse.Namespace, store: leadership.Store) -> None:
             term = candidate.term
             emit("status", is_leader=candidate.is_leader, token=term.token if term else None)
         elif cmd == "resign":
+            term = candidate.term  # None: it did not lead, and resign() does nothing
             candidate.resign()
-            emit("resigned")
+            emit("resigned", token=term.token if term else None)
         elif cmd == "stop":
             candidate.stop()
             emit("stopped")

@@ -77,10 +77,11 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def command(self, cmd: str) -> None: ...
 
-    def resign(self, timeout: float = 10) -> None:
+    def resign(self, timeout: float = 10) -> Event:
+        """Resign; the ``resigned`` event's ``token`` is the term given up (None: not leading)."""
         mark = self.mark()
         self.command("resign")
-        self.wait_for(lambda e: e["event"] == "resigned", timeout, "resigned", after=mark)
+        return self.wait_for(lambda e: e["event"] == "resigned", timeout, "resigned", after=mark)
 
     def stop(self, timeout: float = 10) -> None:
         mark = self.mark()
@@ -229,8 +230,9 @@ class ThreadAgent(Agent):
             self._emit("status", is_leader=self.candidate.is_leader, token=term.token if term else None)
         elif cmd == "resign":
             assert self.candidate is not None
+            term = self.candidate.term
             self.candidate.resign()
-            self._emit("resigned")
+            self._emit("resigned", token=term.token if term else None)
         elif cmd == "stop":
             (self.candidate or self.follower).stop()  # type: ignore[union-attr]
             self._emit("stopped")
