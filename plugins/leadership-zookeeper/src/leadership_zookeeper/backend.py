@@ -580,6 +580,13 @@ class ZooKeeperBackend(Backend):
     async def observe(self, key: str) -> AsyncIterator[Term | None]:
         loop = asyncio.get_running_loop()
         parent = self.key_path(key)
+        # The reader session may sit on another server of the ensemble than the candidates' own
+        # sessions, and a follower server may lag: a leader just elected through its own session
+        # could read its predecessor still leading there, and demote itself as replaced. A sync
+        # first makes the server catch up with the ensemble leader; from then on its state (and
+        # every watch event it delivers) only moves forward.
+        reader = self._reader_client()
+        await self._read(f"sync before watching {key!r}", lambda: reader.sync_async(parent))
         while True:
             changed, watch = watch_future(loop)
             consistent, term = await self._current(key, parent, watch)
