@@ -155,6 +155,33 @@ def test_session_lost_in_an_outage_is_revoked_once_the_store_is_back(url: str, c
         b_store.close()
 
 
+def test_backoff_ends_when_the_store_is_back(url: str, cluster) -> None:  # type: ignore[no-untyped-def]
+    # b's campaign fails in a short outage and backs off for 4 s; the health check (every 0.1 s)
+    # sees the store back, which ends the backoff: b is queued again long before the 4 s are up.
+    a_store = leadership.connect(url)
+    b_store = leadership.connect(url, health_interval=0.1)
+    try:
+        a = leadership.Candidate(a_store, "k", "a", ttl=5.0)
+        a.wait_elected(5)
+        slow = leadership.RetryPolicy(initial=4.0, maximum=4.0, jitter=0.0)
+        b = leadership.Candidate(b_store, "k", "b", ttl=5.0, retry=slow)
+        values, _ = collect(b)
+        wait_until(lambda: len(cluster.queue("k")) == 2)
+        cluster.set_available(False)  # b's wait breaks, its campaign fails: 4 s of backoff
+        time.sleep(0.5)
+        cluster.set_available(True)
+        time.sleep(0.5)  # the health check's next pings see the store back
+        t0 = time.monotonic()
+        a.resign()
+        wait_until(lambda: values == [False, True], timeout=5)
+        assert time.monotonic() - t0 < 2.0, "b slept out its backoff after the store was back"
+        a.stop()
+        b.stop()
+    finally:
+        a_store.close()
+        b_store.close()
+
+
 def test_is_leader_checks_deadline_on_read_even_if_loop_is_stuck(store: leadership.Store) -> None:
     ttl = 0.4
     c = leadership.Candidate(store, "k", "a", ttl=ttl)
