@@ -239,7 +239,7 @@ class SharedSession:
                     log.debug("closing session %s failed (%s); it expires by itself", raw.id, exc)
                     return
                 log.debug("closing session %s failed (%s); retrying in %.2fs", raw.id, exc, delay)
-                await asyncio.sleep(delay)
+                await nap(delay, self.store.epoch_event())  # early once the store is back
             except Exception as exc:  # noqa: BLE001 - the store expires it by itself
                 log.warning("closing session %s on %s failed: %s", raw.id, self.store.display_url, exc)
                 return

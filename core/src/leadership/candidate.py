@@ -220,11 +220,9 @@ class AsyncCandidate:
                         break
                     delay = self.retry.delay(attempt)
                     self.store.report_error(exc, "campaign", attempt, delay)
-                    # The backoff ends early when the store is reachable again: after a long
-                    # outage it may have grown to seconds.
-                    async with self.store.watching():
-                        await nap(delay, self._stop, self.store.epoch_event())
-                    if self._stop.is_set():
+                    try:
+                        await self._backoff(delay)
+                    except _Stopped:
                         break
         except (StoreError, LeadershipError) as exc:
             self.store.report_error(exc, "campaign", attempt + 1, None)
@@ -344,7 +342,15 @@ class AsyncCandidate:
                 attempt += 1
                 delay = (self.retry or DEFAULT_RETRY).delay(attempt)
                 self.store.report_error(exc, "withdraw", attempt, delay)
-                await self._until_stop(asyncio.sleep(delay))
+                await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` seconds before a retry, or less: until the store is reachable again
+        (after a long outage the delay may have grown to seconds). _Stopped on stop()."""
+        async with self.store.watching():
+            await nap(delay, self._stop, self.store.epoch_event())
+        if self._stop.is_set():
+            raise _Stopped
 
     async def _watch_replaced(self, term: Term, replaced: Flag, successor: Flag) -> None:
         """Set ``replaced`` when the store shows a leader other than ``term`` (or none), and
