@@ -531,6 +531,7 @@ class HerdTests(ConformanceBase):
 
 
 class ManyElectionsTests(ConformanceBase):
+    #: Elections one store runs at once (all with the same ttl, so on one session).
     many_elections: ClassVar[int] = 100
 
     def test_many_elections_share_one_session(self, stores: Callable[[], leadership.Store], election_key: str) -> None:
@@ -545,8 +546,9 @@ class ManyElectionsTests(ConformanceBase):
             time.sleep(0.05)
         assert all(c.is_leader for c in candidates), "every uncontested election is won"
         assert store.session_count() == 1, "elections with the same ttl share one store session"
-        tokens = [c.term.token for c in candidates if c.term]
-        assert len(set(tokens)) == len(tokens)
+        # Tokens order the terms of one key (TokenTests); different keys may share a value
+        # (a per-key counter is a valid fencing token).
+        assert all(c.term is not None and isinstance(c.term.token, int) for c in candidates)
         for c in candidates:
             c.stop()
         assert store.session_count() == 0, "the session is released with the last election"
