@@ -137,6 +137,11 @@ class Member:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def container(self) -> Any:
+        """The earlier name of :attr:`handle` (a container handle's ``DockerContainer``)."""
+        return self.handle
+
 
 class StoreServer:
     """A running store, as the conformance suite and a plugin's tests see it.
