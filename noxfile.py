@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import nox
 
@@ -81,3 +82,25 @@ def bench(session: nox.Session) -> None:
     """Handover, follower-notification and idle-cost benchmarks (DESIGN.md §9). Args: store URL."""
     session.install("-e", "./core", *(arg for p in PLUGINS.values() for arg in ("-e", p)))
     session.run("python", "bench/bench.py", *session.posargs)
+
+
+def distributions() -> list[str]:
+    """Every distribution's folder: core, the kit, and each plugin under plugins/ (discovered)."""
+    plugins = sorted(str(p.parent) for p in Path("plugins").glob("*/pyproject.toml"))
+    return ["core", "conformance", *plugins]
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist + wheel of every distribution into dist/, ``twine check --strict``, versions and pins checked."""
+    session.install("build>=1.2", "twine>=6.1", "packaging>=24")
+    shutil.rmtree("dist", ignore_errors=True)
+    folders = distributions()
+    for folder in folders:
+        # Without --sdist/--wheel, build makes the sdist and then the wheel from that sdist: the
+        # proof that each sdist builds on its own, away from the repo's other folders.
+        session.run("python", "-m", "build", "--quiet", "--outdir", "dist", folder)
+    session.run("twine", "check", "--strict", *sorted(str(p) for p in Path("dist").iterdir()))
+    session.run("python", ".ci/check_dists.py", "dist", *folders)
+    for path in sorted(Path("dist").iterdir()):
+        session.log(f"{path.name}: {path.stat().st_size / 1024:.1f} KiB")
