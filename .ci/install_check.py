@@ -3,14 +3,16 @@
 Usage: ``python3 .ci/install_check.py [DIST_DIR]`` after ``nox -s build`` (DIST_DIR defaults to
 dist/). Needs only the standard library and network access to PyPI for third-party packages.
 
-For ``leadership[consul]``, ``[etcd]``, ``[zookeeper]`` and ``[all]``, and for
-``leadership-conformance`` used by a throwaway plugin written to a temporary folder:
+For every extra of the core (read from its wheel: ``leadership[consul]``, ``[etcd]``,
+``[zookeeper]``, ``[all]``, ...), and for ``leadership-conformance`` used by a throwaway plugin
+written to a temporary folder:
 
 - a new venv, ``pip install --find-links DIST_DIR -c <ours pinned to the built versions> ...``;
 - the installed distributions (``name==version``) printed; each of this repo's distributions
   must be installed at the built version *from the built wheel* (its RECORD hashes equal the
   wheel's), so a same-named package on PyPI cannot pass for ours;
-- ``leadership backends`` lists each expected backend; an election on ``memory://`` runs (elected,
+- ``leadership backends`` lists each plugin at its built version and each backend's URL
+  scheme; an election on ``memory://`` runs (elected,
   fencing token, a follower sees the leader); each backend's URL parser rejects an unknown
   option with ConfigurationError; every package carries ``py.typed``;
 - the throwaway plugin registers its backend through the ``leadership`` entry point group and
@@ -23,6 +25,7 @@ Venvs live under .ci/work/install/ (git-ignored) and are recreated on every run.
 from __future__ import annotations
 
 import csv
+import email.parser
 import io
 import re
 import shutil
@@ -39,13 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".ci/work/install"
 WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<version>[^-]+)-py3-none-any\.whl$")
 
-# extra -> backends `leadership backends` must list (memory is always there)
-EXTRAS = {
-    "consul": ["consul"],
-    "etcd": ["etcd"],
-    "zookeeper": ["zookeeper"],
-    "all": ["consul", "etcd", "zookeeper"],
-}
+# Plugins that serve a URL scheme of their own name; `leadership backends` must list it, and its
+# URL parser is exercised. Any other plugin (an observer such as leadership-prometheus) must
+# still show up among the loaded plugins.
+BACKENDS = {"consul", "etcd", "zookeeper"}
 
 SMOKE = """
 import importlib.resources, sys
@@ -61,7 +61,7 @@ with leadership.connect("memory://install-check") as store:
     assert next(follower.follow_election()) == "a", "the follower sees the leader"
     follower.stop()
     candidate.stop()
-for scheme in sys.argv[1].split(","):
+for scheme in filter(None, sys.argv[1].split(",")):
     try:
         leadership.connect(f"{scheme}://127.0.0.1:1?no-such-option=1")
     except leadership.ConfigurationError as err:
@@ -70,7 +70,7 @@ for scheme in sys.argv[1].split(","):
         raise SystemExit(f"{scheme}:// accepted an unknown URL option")
 for package in sys.argv[2].split(","):
     assert importlib.resources.files(package).joinpath("py.typed").is_file(), f"{package} lacks py.typed"
-print(f"election on memory:// ok (token {token}); URL options checked for {sys.argv[1]}")
+print(f"election on memory:// ok (token {token}); URL options checked for {sys.argv[1] or 'no backend'}")
 """
 
 THROWAWAY_PYPROJECT = """
@@ -168,6 +168,19 @@ def record_entries(text: str) -> set[tuple[str, str]]:
     }
 
 
+def core_extras(wheel: Path) -> dict[str, set[str]]:
+    """Extra -> this repo's distributions it installs, read from the built core wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.parser.Parser().parsestr(zf.read(name).decode())
+    extras: dict[str, set[str]] = {extra: set() for extra in meta.get_all("Provides-Extra") or []}
+    for req in meta.get_all("Requires-Dist") or []:
+        match = re.match(r"^(leadership-[a-z0-9-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if match:
+            extras[match[2]].add(match[1])
+    return extras
+
+
 def check_from_wheels(venv: Path, built: dict[str, tuple[str, Path]], expected: set[str], log: list[str]) -> None:
     freeze = run([str(venv / "bin/python"), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], log)
     installed = dict(line.split("==", 1) for line in freeze.split() if "==" in line)
@@ -188,7 +201,27 @@ def check_from_wheels(venv: Path, built: dict[str, tuple[str, Path]], expected: 
             raise CheckFailed(f"{name} {version} was not installed from {wheel.name}: differs in {sorted(missing)[:3]}")
 
 
-def check_extra(extra: str, dist: Path, built: dict[str, tuple[str, Path]], constraints: Path) -> list[str]:
+def check_plugins_loaded(listing: str, ours: set[str], built: dict[str, tuple[str, Path]]) -> list[str]:
+    """Each installed plugin is listed by `leadership backends` at its built version; each backend's
+    scheme too. Returns the schemes of the backends installed."""
+    schemes = []
+    for dist in sorted(ours - {"leadership", "leadership-conformance"}):
+        version = built[dist][0]
+        if not re.search(rf"^\s+\S+\s+{re.escape(dist)} {re.escape(version)}$", listing, re.M):
+            raise CheckFailed(f"`leadership backends` does not list the plugin {dist} {version}:\n{listing}")
+        scheme = dist.removeprefix("leadership-")
+        if scheme in BACKENDS:
+            if f"{scheme}://" not in listing:
+                raise CheckFailed(f"`leadership backends` does not list {scheme}://:\n{listing}")
+            schemes.append(scheme)
+    if "memory://" not in listing:
+        raise CheckFailed(f"`leadership backends` does not list memory://:\n{listing}")
+    return schemes
+
+
+def check_extra(
+    extra: str, expected: set[str], dist: Path, built: dict[str, tuple[str, Path]], constraints: Path
+) -> list[str]:
     log = [f"== leadership[{extra}]"]
     start = time.monotonic()
     venv = WORK / extra
@@ -196,14 +229,12 @@ def check_extra(extra: str, dist: Path, built: dict[str, tuple[str, Path]], cons
     run([sys.executable, "-m", "venv", str(venv)], log)
     pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     run([*pip, "--find-links", str(dist), "-c", str(constraints), f"leadership[{extra}]"], log)
-    backends = EXTRAS[extra]
-    check_from_wheels(venv, built, {"leadership", *(f"leadership-{b}" for b in backends)}, log)
+    check_from_wheels(venv, built, {"leadership", *expected}, log)
     listing = run([str(venv / "bin/leadership"), "backends"], log)
-    for scheme in ["memory", *backends]:
-        if f"{scheme}://" not in listing:
-            raise CheckFailed(f"`leadership backends` does not list {scheme}://:\n{listing}")
-    log.append(f"`leadership backends` lists {', '.join(['memory', *backends])}")
-    packages = ",".join(["leadership", *(f"leadership_{b}" for b in backends)])
+    backends = check_plugins_loaded(listing, {"leadership", *expected}, built)
+    log.append(f"`leadership backends` lists plugins {', '.join(sorted(expected))} and memory://, "
+               + ", ".join(f"{b}://" for b in backends))
+    packages = ",".join(["leadership", *(d.replace("-", "_") for d in sorted(expected))])
     log.append(run([str(venv / "bin/python"), "-c", SMOKE, ",".join(backends), packages], log).strip())
     log.append(f"ok in {time.monotonic() - start:.0f}s")
     return log
@@ -246,6 +277,10 @@ def main(argv: list[str]) -> int:
     except CheckFailed as err:
         print(f"install_check: {err}", file=sys.stderr)
         return 1
+    extras = core_extras(built["leadership"][1])
+    if "all" not in extras or not extras["all"]:
+        print("install_check: the core wheel has no extra 'all'", file=sys.stderr)
+        return 1
     WORK.mkdir(parents=True, exist_ok=True)
     constraints = WORK / "constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, (version, _) in sorted(built.items())))
@@ -254,7 +289,10 @@ def main(argv: list[str]) -> int:
     failed = 0
     # Two at a time: pip mostly waits on the network, and the machine has two cores.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = {f"leadership[{e}]": pool.submit(check_extra, e, dist, built, constraints) for e in EXTRAS}
+        jobs = {
+            f"leadership[{extra}]": pool.submit(check_extra, extra, expected, dist, built, constraints)
+            for extra, expected in extras.items()
+        }
         jobs["leadership-conformance"] = pool.submit(check_kit, dist, built, constraints)
         for label, job in jobs.items():
             try:
