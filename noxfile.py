@@ -1,4 +1,4 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
 its conformance session is named by the URL scheme it registers for the kit's test servers
@@ -144,9 +144,8 @@ def bench(session: nox.Session) -> None:
 
 
 def distributions() -> list[str]:
-    """Every distribution's folder: core, the kit, and each plugin under plugins/ (discovered)."""
-    plugins = sorted(str(p.parent) for p in Path("plugins").glob("*/pyproject.toml"))
-    return ["core", "conformance", *plugins]
+    """Every distribution's folder: core, the kit, and each plugin the discovery above finds."""
+    return ["core", "conformance", *sorted(set(PLUGINS.values()))]
 
 
 @nox.session

@@ -17,7 +17,7 @@ import griffe
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_PATHS = [str(ROOT / "core/src"), str(ROOT / "conformance/src")]
-MODULES = ["leadership", "leadership.aio", "leadership.testing", "leadership_conformance"]
+MODULES = ["leadership", "leadership.aio", "leadership.testing", "leadership_conformance", "leadership_conformance.servers"]
 
 
 def main(argv: list[str]) -> int:
