@@ -2,7 +2,8 @@
 
 Usage: ``python .ci/check_api_docs.py SITE_DIR`` after ``mkdocs build`` (``nox -s docs`` runs
 both). The public names are ``__all__`` of ``leadership``, ``leadership.aio``,
-``leadership.testing`` and ``leadership_conformance``, read from the source with griffe (what
+``leadership.testing``, ``leadership_conformance`` and ``leadership_conformance.servers``,
+read from the source with griffe (what
 mkdocstrings renders, so the two cannot disagree). Each name must have a docstring of its own —
 mkdocstrings silently leaves out an object without one — and an anchor ``id="module.name"`` on
 some page of the site. Needs ``griffe`` (installed with mkdocstrings-python).
@@ -17,7 +18,13 @@ import griffe
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_PATHS = [str(ROOT / "core/src"), str(ROOT / "conformance/src")]
-MODULES = ["leadership", "leadership.aio", "leadership.testing", "leadership_conformance", "leadership_conformance.servers"]
+MODULES = [
+    "leadership",
+    "leadership.aio",
+    "leadership.testing",
+    "leadership_conformance",
+    "leadership_conformance.servers",
+]
 
 
 def main(argv: list[str]) -> int:
