@@ -1,4 +1,4 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
 so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
@@ -153,3 +153,37 @@ def bench(session: nox.Session) -> None:
     plugins = (arg for p in PLUGINS.values() for arg in ("-e", f"{p}[testing]"))
     session.install("-e", "./core", "-e", "./conformance", *plugins)
     session.run("python", "bench/bench.py", *session.posargs)
+
+
+def distributions() -> list[str]:
+    """Every distribution's folder: core, the kit, and each plugin the discovery above finds."""
+    return ["core", "conformance", *sorted(set(PLUGINS.values()))]
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist + wheel of every distribution into dist/, ``twine check --strict``, versions and pins checked."""
+    session.install("build>=1.2", "twine>=6.1", "packaging>=24")
+    shutil.rmtree("dist", ignore_errors=True)
+    folders = distributions()
+    for folder in folders:
+        # Without --sdist/--wheel, build makes the sdist and then the wheel from that sdist: the
+        # proof that each sdist builds on its own, away from the repo's other folders.
+        session.run("python", "-m", "build", "--quiet", "--outdir", "dist", folder)
+    session.run("twine", "check", "--strict", *sorted(str(p) for p in Path("dist").iterdir()))
+    session.run("python", ".ci/check_dists.py", "dist", *folders)
+    for path in sorted(Path("dist").iterdir()):
+        session.log(f"{path.name}: {path.stat().st_size / 1024:.1f} KiB")
+
+
+DOCS_TOOLS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "ruff>=0.5"]
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site into site/, strictly: any warning or an undocumented public name fails."""
+    session.install(*DOCS_TOOLS)
+    # mkdocstrings reads the sources (core/src, conformance/src) statically: nothing to install.
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("python", ".ci/check_api_docs.py", "site")
+    session.log(f"site/: {sum(1 for _ in Path('site').rglob('index.html'))} pages")

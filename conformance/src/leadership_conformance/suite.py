@@ -71,6 +71,7 @@ def leader_intervals(agents: list[Agent]) -> list[tuple[float, float, str]]:
 
 
 def assert_one_leader_at_a_time(agents: list[Agent]) -> None:
+    """Fail if the agents' leadership intervals (from their hook events) overlap anywhere."""
     intervals = leader_intervals(agents)
     for (s1, e1, a1), (s2, _, a2) in itertools.pairwise(intervals):
         assert s2 >= e1, (
@@ -183,6 +184,8 @@ class ConformanceBase:
 
 
 class CandidateTests(ConformanceBase):
+    """The candidate stream: False first, True when elected, False on resign; resign and stop."""
+
     def test_stream_starts_false_then_true(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -249,6 +252,8 @@ class CandidateTests(ConformanceBase):
 
 
 class FollowerTests(ConformanceBase):
+    """Followers see the current leader at start and every change, without duplicates."""
+
     def test_follower_sees_current_leader_and_changes(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -302,6 +307,8 @@ class FollowerTests(ConformanceBase):
 
 
 class TokenTests(ConformanceBase):
+    """Fencing tokens strictly increase across successive terms of a key."""
+
     def test_tokens_strictly_increase_across_terms(self, spawn: Callable[..., Agent]) -> None:
         a, b = spawn("a"), spawn("b")
         tokens = []
@@ -318,6 +325,8 @@ class TokenTests(ConformanceBase):
 
 
 class ExclusionTests(ConformanceBase):
+    """Exactly one leader at any instant through many handovers."""
+
     def test_exactly_one_leader_through_many_handovers(self, spawn: Callable[..., Agent]) -> None:
         agents = [spawn(f"c{i}") for i in range(3)]
         for agent in agents:
@@ -487,6 +496,8 @@ def _first_elected(marks: Mapping[Agent, int], timeout: float) -> Agent | None:
 
 
 class HerdTests(ConformanceBase):
+    """A handover costs the store no more requests with many candidates waiting than with one."""
+
     def _handover_requests(self, server: Any, stores: Callable[[], leadership.Store], key: str, waiters: int) -> int:
         ttl = self.herd_ttl or self.ttl
         candidates = []
@@ -531,6 +542,8 @@ class HerdTests(ConformanceBase):
 
 
 class ManyElectionsTests(ConformanceBase):
+    """Many elections on one store connection share one session."""
+
     #: Elections one store runs at once (all with the same ttl, so on one session).
     many_elections: ClassVar[int] = 100
 
@@ -555,6 +568,8 @@ class ManyElectionsTests(ConformanceBase):
 
 
 class BadInputTests(ConformanceBase):
+    """Bad keys, names, ttls, URL options and schemes raise at the call that received them."""
+
     def test_bad_input_raises_at_the_call(self, stores: Callable[[], leadership.Store], store_url: str) -> None:
         store = stores()
         backend = type(store.aio.backend)

@@ -29,6 +29,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 hookimpl = pluggy.HookimplMarker("leadership")
+"""Marks a plugin's hook implementations: ``@leadership.hookimpl def leadership_elected(...)``."""
 ENTRY_POINT_GROUP = "leadership"
 #: Comma-separated plugin names (entry point names, or "memory") never to load.
 DISABLED_PLUGINS_ENV = "LEADERSHIP_DISABLED_PLUGINS"
