@@ -48,7 +48,10 @@ class PartitionTests(ConformanceBase):
     def linked(self, leadership_server: Any, election_key: str) -> Iterator[Linked]:
         """``linked(name)``: an agent process whose store traffic goes through its own link."""
         if not self.supports_partitions or not self.supports_processes:
-            pytest.skip("this store's connections cannot be proxied (supports_partitions is False)")
+            pytest.skip(
+                "no TCP connection to proxy: supports_partitions is False, or the agents run in "
+                "threads (supports_processes is False)"
+            )
         if not getattr(leadership_server, "members", None):
             pytest.skip("the server handle has no members (host/port) to proxy")
         made: list[tuple[Agent, FaultLink]] = []
