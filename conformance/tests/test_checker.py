@@ -57,9 +57,9 @@ def test_a_clean_history_passes_and_reports() -> None:
     report = check(History(clean_events(), clean_records(), recovery_bound=1.0))
     assert report.ok, report.table()
     assert report.elections == 2 and report.faults == {"partition": 1}
-    assert report.recoveries == [0.0]  # a still led when the partition healed
+    assert report.recoveries == []  # a still led when the partition healed: nothing to recover
     table = report.table()
-    assert "one leader at a time" in table and "p50" in table
+    assert "one leader at a time" in table and "recovery after healed faults" in table
 
 
 def test_overlapping_intervals_are_caught() -> None:
@@ -96,6 +96,25 @@ def test_no_recovery_after_a_healed_fault_is_caught() -> None:
     late = [*events, elected(6.0, "b", 11)]
     report = check(History(late, records, recovery_bound=3.0))
     assert [v.kind for v in report.violations] == ["recovery"] and report.recoveries == [4.0]
+
+
+def test_faults_that_cannot_block_a_key_do_not_count_as_active() -> None:
+    events = [e for e in clean_events() if not (e["agent"] == "b" and e["event"] == "transition")]
+    events = [*[e for e in events if e["event"] != "leader" or e["leader"] != "b"], elected(6.0, "b", 11)]
+    records = [
+        {"event": "fault", "kind": "kill_leader", "target": "a", "key": K, "t": 1.9, "start": 1.9, "end": 2.0},
+        # Still active when a's fault healed, but neither can keep k0 leaderless:
+        {"event": "fault", "kind": "latency", "target": "b", "key": K, "blocks": False, "start": 1.9, "end": 9},
+        {"event": "fault", "kind": "partition", "target": "x", "key": "k1", "start": 1.9, "end": 9},
+        {"event": "stopping", "t": 10.0},
+    ]
+    report = check(History(events, records, recovery_bound=3.0))
+    assert [v.kind for v in report.violations] == ["recovery"] and report.recoveries == [4.0]
+
+
+def test_no_single_leader_after_quiescence_is_caught() -> None:
+    records = [*clean_records(), {"event": "truth", "t": 3.1, "key": "k1", "leader": None, "leaders": []}]
+    assert kinds(History(clean_events(), records)) == ["recovery"]
 
 
 def test_a_dead_stream_an_error_or_a_traceback_is_caught() -> None:

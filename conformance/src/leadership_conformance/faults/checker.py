@@ -288,24 +288,25 @@ def _check_tokens(intervals: list[Interval]) -> list[Violation]:
 
 
 def _check_recovery(history: History, intervals: list[Interval], end: float) -> tuple[list[Violation], list[float]]:
-    """After each fault heals with no other fault active: time until some agent leads each key."""
+    """Each time the last fault that could keep a key leaderless heals (store faults, resign
+    storms, and faults of that key's candidates; not latency, not followers): how long until
+    some agent leads it. Keys already led at that moment are not counted."""
     faults = sorted(_by(history.records, "fault"), key=lambda f: f["end"])
-    keys = sorted({e["key"] for e in history.events if e["event"] == "transition"} | {
-        iv.key for iv in intervals
-    })
+    keys = sorted({iv.key for iv in intervals} | {r["key"] for r in _by(history.records, "truth")})
     stopping = min([r["t"] for r in _by(history.records, "stopping")], default=end)
     out: list[Violation] = []
     recoveries: list[float] = []
-    for f in faults:
-        healed = f["end"]
-        if healed >= stopping:
-            continue
-        if any(g is not f and g["start"] <= healed < g["end"] for g in faults):
-            continue  # another fault still active: not a healed state
-        next_fault = min([g["start"] for g in faults if g["start"] > healed], default=stopping)
-        for key in keys:
+    for key in keys:
+        relevant = [f for f in faults if f.get("blocks", True) and f.get("key", key) == key]
+        for f in relevant:
+            healed = f["end"]
+            if healed >= stopping or any(g is not f and g["start"] <= healed < g["end"] for g in relevant):
+                continue  # another fault of this key still active: not a healed state
+            next_fault = min([g["start"] for g in relevant if g["start"] > healed], default=stopping)
             led = [iv for iv in intervals if iv.key == key and iv.end > healed]
             first = min((max(iv.start, healed) for iv in led), default=None)
+            if first == healed:
+                continue  # led when the fault healed
             if first is not None and first <= next_fault:
                 took = first - healed
                 recoveries.append(took)
@@ -329,6 +330,11 @@ def _check_recovery(history: History, intervals: list[Interval], end: float) -> 
                         f"healed (bound {history.recovery_bound:.2f}s)",
                     )
                 )
+    for r in _by(history.records, "truth"):
+        if r.get("leader") is None:
+            out.append(
+                Violation("recovery", r["key"], r["t"], f"not exactly one leader after quiescence: {r.get('leaders')}")
+            )
     return out, recoveries
 
 
