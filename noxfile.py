@@ -1,4 +1,4 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``faults``.
 
 ``nox -s "conformance(etcd)"`` runs one backend's suite; its server comes from Docker (official
 image, or LEADERSHIP_TEST_<STORE>_IMAGE / _URL — see conformance/README.md).
@@ -43,6 +43,8 @@ def tests(session: nox.Session) -> None:
     """Unit tests of the core on the memory store (no server needed)."""
     session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance")
     session.run("pytest", "core/tests", "--timeout=120", *session.posargs)
+    # The fault kit's own unit tests: the proxy (against a local echo server) and the checker.
+    session.run("pytest", "conformance/tests/test_proxy.py", "conformance/tests/test_checker.py", "--timeout=120")
 
 
 @nox.session
@@ -81,3 +83,17 @@ def bench(session: nox.Session) -> None:
     """Handover, follower-notification and idle-cost benchmarks (DESIGN.md §9). Args: store URL."""
     session.install("-e", "./core", *(arg for p in PLUGINS.values() for arg in ("-e", p)))
     session.run("python", "bench/bench.py", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """A seeded random fault campaign against one store, with the history checker and a timeline
+    PNG. Args: <etcd|zookeeper|consul> [--duration S] [--seed N] [--cluster] [--out DIR]."""
+    usage = "usage: nox -s faults -- <etcd|zookeeper|consul> [--duration S] [--seed N] [--cluster]"
+    if not session.posargs or session.posargs[0] not in PLUGINS:
+        session.error(usage)
+    backend = session.posargs[0]
+    if not docker_available() and not os.environ.get(f"LEADERSHIP_TEST_{backend.upper()}_URL"):
+        session.error(f"faults({backend}) needs Docker, or LEADERSHIP_TEST_{backend.upper()}_URL (no store faults)")
+    session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance[faults]", "-e", PLUGINS[backend])
+    session.run("python", "-m", "leadership_conformance.faults", *session.posargs)

@@ -279,7 +279,7 @@ class Campaign:
         self._link_fault(fault, "latency")
 
     def _store_fault(self, fault: Fault, run: Any) -> None:
-        if not self._store_lock.acquire(blocking=False):
+        if not getattr(self.server, "can_inject_faults", False) or not self._store_lock.acquire(blocking=False):
             return self._skip(fault.kind)
         try:
             start = time.monotonic()
