@@ -42,22 +42,37 @@ _CHUNK = 65536
 
 
 class _LoopThread:
-    """One event loop in a daemon thread, for every proxy of this process."""
+    """One event loop in a daemon thread, shared by every open proxy of this process; it stops
+    when the last proxy closes."""
 
     _lock = threading.Lock()
     _instance: _LoopThread | None = None
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=self.loop.run_forever, name="leadership-fault-proxy", daemon=True)
-        thread.start()
+        self.users = 0
+        self.thread = threading.Thread(target=self.loop.run_forever, name="leadership-fault-proxy", daemon=True)
+        self.thread.start()
 
     @classmethod
-    def get(cls) -> _LoopThread:
+    def acquire(cls) -> _LoopThread:
         with cls._lock:
             if cls._instance is None:
                 cls._instance = _LoopThread()
+            cls._instance.users += 1
             return cls._instance
+
+    def release(self) -> None:
+        with _LoopThread._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if _LoopThread._instance is self:
+                _LoopThread._instance = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def run(self, coro: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -145,15 +160,19 @@ class FaultProxy:
     def __init__(self, upstream_host: str, upstream_port: int, *, listen_host: str = "127.0.0.1") -> None:
         self.upstream_host = upstream_host
         self.upstream_port = int(upstream_port)
-        self._runner = _LoopThread.get()
+        self._runner = _LoopThread.acquire()
         self._pipes: set[_Pipe] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._delay = 0.0
         self.state = "flowing"
         self.accepted = 0
         self._server: asyncio.Server | None = None
-        self._up, self._down = self._runner.run(self._gates())
-        self._server = self._runner.run(self._listen(listen_host))
+        try:
+            self._up, self._down = self._runner.run(self._gates())
+            self._server = self._runner.run(self._listen(listen_host))
+        except BaseException:
+            self._runner.release()
+            raise
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = str(sock[0]), int(sock[1])
 
@@ -165,9 +184,15 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         pipe = _Pipe(self, (reader, writer))
         self._pipes.add(pipe)
-        await pipe.run()
+        try:
+            await pipe.run()
+        finally:
+            self._tasks.discard(task)
 
     @property
     def address(self) -> str:
@@ -246,13 +271,18 @@ class FaultProxy:
 
         async def shutdown() -> None:
             server.close()
+            pumps = [task for pipe in self._pipes for task in pipe.tasks]
             for pipe in list(self._pipes):
                 pipe.close()
-            self._up.open.set()  # release held connects so their tasks end
-            self._down.open.set()
+            tasks = [*self._tasks, *pumps]
+            for task in tasks:
+                task.cancel()
+            # Every task of this proxy ends here: none is left pending when the loop stops.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._runner.run(shutdown())
+        self._runner.release()
 
 
 def _netloc_pattern(address: str) -> re.Pattern[str]:
