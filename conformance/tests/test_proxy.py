@@ -221,8 +221,14 @@ def test_link_rewrites_each_member_and_faults_all(echo: tuple[str, int]) -> None
         other.server_close()
 
 
-def test_link_refuses_an_ambiguous_url() -> None:
+def test_link_proxies_only_the_members_the_url_names() -> None:
     members = [SimpleNamespace(host="127.0.0.1", port=1)]
-    server = SimpleNamespace(url="etcd://127.0.0.1:2", members=members)
-    with pytest.raises(ValueError, match="appears 0 times"):
-        FaultLink(server)
+    with pytest.raises(ValueError, match="names none of the members"):
+        FaultLink(SimpleNamespace(url="etcd://127.0.0.1:2", members=members))
+    with pytest.raises(ValueError, match="appears 2 times"):
+        FaultLink(SimpleNamespace(url="etcd://127.0.0.1:1,127.0.0.1:1", members=members))
+    # Consul: servers behind the one agent the URL names; only the agent is proxied.
+    members = [SimpleNamespace(host="127.0.0.1", port=p) for p in (11, 12, 13, 14)]
+    with FaultLink(SimpleNamespace(url="consul://127.0.0.1:14", members=members)) as link:
+        assert len(link.proxies) == 1 and link.proxies[0].upstream == "127.0.0.1:14"
+        assert link.url == f"consul://{link.proxies[0].address}"

@@ -291,7 +291,7 @@ def _netloc_pattern(address: str) -> re.Pattern[str]:
 
 
 class FaultLink:
-    """One :class:`FaultProxy` per member of a store, and the store URL through them.
+    """One :class:`FaultProxy` per member named in a store's URL, and the URL through them.
 
     ``server`` is a kit server handle (``url`` and ``members`` with ``host``/``port``). Every
     fault method applies to all the link's proxies: the process using :attr:`url` is cut off
@@ -303,13 +303,18 @@ class FaultLink:
         url = str(server.url)
         try:
             for member in server.members:
+                address = f"{member.host}:{member.port}"
+                pattern = _netloc_pattern(address)
+                n = len(pattern.findall(url))
+                if n == 0:
+                    continue  # a member clients do not reach directly (e.g. Consul servers behind an agent)
+                if n > 1:
+                    raise ValueError(f"member address {address} appears {n} times in the store URL {url!r}")
                 proxy = FaultProxy(member.host, member.port)
                 self.proxies.append(proxy)
-                address = f"{member.host}:{member.port}"
-                rewritten, n = _netloc_pattern(address).subn(proxy.address, url)
-                if n != 1:
-                    raise ValueError(f"member address {address} appears {n} times in the store URL {url!r}")
-                url = rewritten
+                url = pattern.sub(proxy.address, url)
+            if not self.proxies:
+                raise ValueError(f"the store URL {url!r} names none of the members' addresses")
         except BaseException:
             self.close()
             raise

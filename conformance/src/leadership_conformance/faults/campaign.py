@@ -48,6 +48,10 @@ PROFILES = {
 }
 
 
+class _NoTarget(Exception):
+    """No fitting target when the fault was due: it is counted as skipped."""
+
+
 class _Agent:
     """One candidate or follower across its incarnations (a kill and restart keeps the name,
     key, link and history file)."""
@@ -283,7 +287,10 @@ class Campaign:
             return self._skip(fault.kind)
         try:
             start = time.monotonic()
-            target = run()
+            try:
+                target = run()
+            except _NoTarget:
+                return self._skip(fault.kind)
             self._fault(fault.kind, target or "store", start)
         finally:
             self._store_lock.release()
@@ -304,8 +311,8 @@ class Campaign:
     def _do_member_kill(self, fault: Fault) -> None:
         def run() -> str:
             victim = self.server.leader_member()
-            if victim is None:
-                victim = int(fault.pick * len(self.server.members))
+            if victim is None:  # mid-election: nobody to kill this time
+                raise _NoTarget
             self.server.kill_member(victim)
             try:
                 time.sleep(fault.duration)
