@@ -183,11 +183,11 @@ class Campaign:
                 follower = leadership.Follower(store, key)
                 term = next(iter(follower.terms()))
                 follower.stop()
-                entries = [f"{term.leader} token {term.token}"] if term is not None else []
-                leftovers = getattr(self.server, "leftovers", None)
-                if callable(leftovers):
-                    entries += list(leftovers(key))
-                self.record("leftovers", key=key, entries=entries)
+                entries = [f"leader {term.leader} token {term.token}"] if term is not None else []
+                # The handle's own listing (entries, sessions, leases), where it can tell.
+                listed = self.server.leftovers(key) if hasattr(self.server, "leftovers") else None
+                entries += listed or []
+                self.record("leftovers", key=key, entries=entries, listed=listed is not None)
 
     # -- faults
 

@@ -94,6 +94,21 @@ class ConsulServer(ContainerServer):
         port = ports.get(member.index)  # None: the client agent, never the leader
         return port is not None and leader.rpartition(":")[2] == str(port)
 
+    def leftovers(self, prefix: str) -> list[str] | None:
+        """KV keys containing ``prefix`` and every session still alive."""
+        member = next((m for m in reversed(self.members) if m.running), None)  # the client agent first
+        if member is None:
+            return None
+        status, body = http_request(member.host, member.port, "GET", "/v1/kv/?keys")
+        if status not in (200, 404):
+            raise RuntimeError(f"/v1/kv/?keys answered {status}: {body[:200]!r}")
+        keys = [k for k in (json.loads(body) if status == 200 else []) if prefix in k]
+        status, body = http_request(member.host, member.port, "GET", "/v1/session/list")
+        if status != 200:
+            raise RuntimeError(f"/v1/session/list answered {status}: {body[:200]!r}")
+        sessions = [f"session {s.get('ID')} ({s.get('Name', '')})" for s in json.loads(body)]
+        return [f"key {k}" for k in keys] + sessions
+
     @classmethod
     def start(cls, members: int = 1) -> ConsulServer:
         """One server agent, or ``members`` (3 or more) servers and a client agent."""
