@@ -1,4 +1,4 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs`` | ``faults``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
 so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
@@ -187,3 +187,17 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
     session.run("python", ".ci/check_api_docs.py", "site")
     session.log(f"site/: {sum(1 for _ in Path('site').rglob('index.html'))} pages")
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """A seeded random fault campaign against one store, with the history checker and a timeline
+    PNG. Args: <etcd|zookeeper|consul> [--duration S] [--seed N] [--cluster] [--out DIR]."""
+    usage = f"usage: nox -s faults -- <{'|'.join(PLUGINS)}> [--duration S] [--seed N] [--cluster]"
+    if not session.posargs or session.posargs[0] not in PLUGINS:
+        session.error(usage)
+    backend = session.posargs[0]
+    if not docker_available() and not os.environ.get(f"LEADERSHIP_TEST_{backend.upper()}_URL"):
+        session.error(f"faults({backend}) needs Docker, or LEADERSHIP_TEST_{backend.upper()}_URL (no store faults)")
+    session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance[faults]", "-e", f"{PLUGINS[backend]}[testing]")
+    session.run("python", "-m", "leadership_conformance.faults", *session.posargs)
