@@ -192,7 +192,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def faults(session: nox.Session) -> None:
     """A seeded random fault campaign against one store, with the history checker and a timeline
-    PNG. Args: <etcd|zookeeper|consul> [--duration S] [--seed N] [--cluster] [--out DIR]."""
+    PNG. Args: <scheme> [--duration S] [--seed N] [--cluster] [--out DIR]."""
     usage = f"usage: nox -s faults -- <{'|'.join(PLUGINS)}> [--duration S] [--seed N] [--cluster]"
     if not session.posargs or session.posargs[0] not in PLUGINS:
         session.error(usage)
