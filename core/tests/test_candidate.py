@@ -10,7 +10,7 @@ import pytest
 
 import leadership
 import leadership.aio
-from leadership.testing import crash
+from leadership.testing import crash, freeze, thaw
 
 
 def collect(candidate: leadership.Candidate) -> tuple[list[bool], threading.Thread]:
@@ -186,13 +186,13 @@ def test_is_leader_checks_deadline_on_read_even_if_loop_is_stuck(store: leadersh
     ttl = 0.4
     c = leadership.Candidate(store, "k", "a", ttl=ttl)
     c.wait_elected(5)
-    store._runner.freeze()  # nothing runs: no refresh, no timer
+    freeze(store)  # nothing runs: no refresh, no timer
     try:
         time.sleep(ttl)
         assert c.is_leader is False
         assert c.term is None
     finally:
-        store._runner.thaw()
+        thaw(store)
     c.stop()
 
 

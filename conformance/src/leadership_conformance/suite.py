@@ -19,7 +19,6 @@ store (each documented below); a capability a store lacks is declared, never sil
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import statistics
@@ -33,6 +32,7 @@ import pytest
 
 import leadership
 from leadership import ConfigurationError, InvalidArgumentError, InvalidTTLError
+from leadership.testing import dispose
 
 from .agents import Agent, ProcessAgent, ThreadAgent
 
@@ -135,11 +135,7 @@ class ConformanceBase:
 
         yield make
         for store in opened:
-            if store._runner.frozen:
-                store._runner.thaw()
-                store._closed = False
-            with contextlib.suppress(Exception):
-                store.close()
+            dispose(store)
 
     @pytest.fixture
     def spawn(self, store_url: str, election_key: str) -> Iterator[Callable[..., Agent]]:
