@@ -24,3 +24,11 @@ class TestMemoryConformance(ConformanceSuite):
         server = MemoryServer()
         yield server
         server.stop()
+
+    @pytest.fixture
+    def unreachable_url(self) -> Iterator[str]:
+        """A memory store never reachable (memory URLs name a store, not an address)."""
+        server = MemoryServer()
+        server.pause()
+        yield server.url
+        server.stop()

@@ -33,6 +33,7 @@ from .suite import (
     TokenTests,
     assert_one_leader_at_a_time,
 )
+from .unreachable import UnreachableStoreTests
 
 __all__ = [
     "BadInputTests",
@@ -47,5 +48,6 @@ __all__ = [
     "ManyElectionsTests",
     "ProcessFaultTests",
     "TokenTests",
+    "UnreachableStoreTests",
     "assert_one_leader_at_a_time",
 ]

@@ -604,6 +604,9 @@ class ClusterFailoverTests(ConformanceBase):
         assert not any(x.errors() for x in [*agents, f])
 
 
+from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
+
+
 class ConformanceSuite(
     CandidateTests,
     FollowerTests,
@@ -614,6 +617,7 @@ class ConformanceSuite(
     HerdTests,
     ManyElectionsTests,
     BadInputTests,
+    UnreachableStoreTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 

@@ -16,9 +16,10 @@ from .retry import DEFAULT_RETRY, MIN_RETRY_DELAY
 
 log = logging.getLogger(__name__)
 
-#: How long closing may wait for the store to confirm a session's revocation (seconds): closing
-#: must be prompt whatever the store's state, and the store expires what we could not revoke.
-CLOSE_BUDGET = 0.3
+#: How long closing may wait for the store (seconds): closing must be prompt whatever the store's
+#: state, and the store expires what we could not revoke. A store's close() shares one budget
+#: among its steps (withdraws, revocations, the backend's own close): ``close_time_left()``.
+CLOSE_BUDGET = 0.6
 #: The window over which the load figures in the "ttl too short" warning are taken (seconds),
 #: and the shortest interval between two such warnings for one store connection.
 LOAD_WINDOW = 60.0
@@ -37,6 +38,7 @@ class SessionHost(Protocol):
     def mark_healthy(self) -> None: ...
     def mark_unhealthy(self) -> None: ...
     def warn_once(self, topic: str, message: str, *args: object) -> None: ...
+    def close_time_left(self) -> float: ...
 
 
 class LoadGauge:
@@ -347,7 +349,7 @@ class SharedSession:
             wake=lambda: (self.host.epoch_event(),),
         )
         while True:
-            budget = CLOSE_BUDGET if self._closing else max(1.0, raw.refresh_interval)
+            budget = self.host.close_time_left() if self._closing else max(1.0, raw.refresh_interval)
             try:
                 await asyncio.wait_for(raw.close(), timeout=budget)
                 return
@@ -370,13 +372,13 @@ class SharedSession:
         if self._task is not None:
             task = self._task
             # The task ends at once unless it is opening a session on a store that does not answer.
-            _, pending = await asyncio.wait([task], timeout=CLOSE_BUDGET / 3)
+            _, pending = await asyncio.wait([task], timeout=self.host.close_time_left() / 3)
             if pending:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._reapers:
             reapers = list(self._reapers)
-            _, pending = await asyncio.wait(reapers, timeout=CLOSE_BUDGET)
+            _, pending = await asyncio.wait(reapers, timeout=self.host.close_time_left())
             for reaper in pending:
                 reaper.cancel()
             await asyncio.gather(*reapers, return_exceptions=True)

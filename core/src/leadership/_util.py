@@ -74,8 +74,6 @@ def validate_ttl(ttl: object, minimum: float, maximum: float | None, backend: st
     return value
 
 
-
-
 class Stream(Generic[_T]):
     """An unbounded single-consumer stream: nothing put is ever dropped; ``close`` ends it,
     optionally with an exception the consumer receives after the values already queued."""

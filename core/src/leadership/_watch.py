@@ -42,8 +42,9 @@ async def watch_terms(
                     continue  # stopped (the loop ends), or the watch must be re-established
                 finally:
                     aclose = getattr(iterator, "aclose", None)
-                    if aclose is not None:
-                        await asyncio.gather(aclose(), return_exceptions=True)
+                    if aclose is not None:  # bounded: a watch on a frozen store may not end at once
+                        closing = asyncio.wait_for(aclose(), store.close_time_left())
+                        await asyncio.gather(closing, return_exceptions=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 
-from ._session import CLOSE_BUDGET, Generation, SharedSession
+from ._session import Generation, SharedSession
 from ._util import (
     Backoff,
     Flag,
@@ -181,7 +181,7 @@ class AsyncCandidate:
     async def _who_leads(self) -> str:
         """Who leads, for an error message (one quick read; the store may be unreachable)."""
         try:
-            term = await asyncio.wait_for(self.store.backend.get_leader(self.key), CLOSE_BUDGET)
+            term = await asyncio.wait_for(self.store.backend.get_leader(self.key), 0.5)
         except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - only for a message
             return f"the leader is unknown (the store did not answer: {describe(exc)})"
         if term is None:
@@ -265,7 +265,8 @@ class AsyncCandidate:
             # Bounded: stop() is prompt whatever the store's state; the session's revocation (or
             # its expiry) releases the entry all the same.
             try:
-                await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=CLOSE_BUDGET)
+                budget = self.store.close_time_left() / 2
+                await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))
 

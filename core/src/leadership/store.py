@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
@@ -74,6 +75,7 @@ class AsyncStore:
         self._health_task: asyncio.Task[None] | None = None
         self._epoch_changed = Flag()
         self._healthy = True
+        self._close_by: float | None = None
         self._users: set[Any] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class AsyncStore:
         a second is left to expire (a leader on an unreachable store has demoted itself anyway)."""
         if self._closed:
             return
+        self._close_by = time.monotonic() + CLOSE_BUDGET
         await asyncio.gather(*(user.stop() for user in list(self._users)), return_exceptions=True)
         self._closed = True
         if self._health_task is not None:
@@ -132,12 +135,18 @@ class AsyncStore:
         if not self._opened and self._open_lock is None:
             return
         close = asyncio.ensure_future(self.backend.close())
-        done, _ = await asyncio.wait([close], timeout=CLOSE_BUDGET)
+        done, _ = await asyncio.wait([close], timeout=max(0.05, self.close_time_left()))
         if not done:
             close.add_done_callback(lambda f: f.cancelled() or f.exception())
             log.debug("closing the backend for %s takes long; left to finish in the background", self.display_url)
         elif close.exception() is not None:
             log.warning("closing backend for %s failed: %s", self.display_url, describe(close.exception()))  # type: ignore[arg-type]
+
+    def close_time_left(self) -> float:
+        """What is left of the time close() may take (a full budget outside of close())."""
+        if self._close_by is None:
+            return CLOSE_BUDGET
+        return max(0.0, self._close_by - time.monotonic())
 
     @property
     def healthy(self) -> bool:
