@@ -314,6 +314,7 @@ class SharedSession:
                 if is_permanent(exc):
                     refreshing.give_up(exc)
                     return
+                self.gauge.round_trip(time.monotonic() - sent)  # a timeout is a slow round trip too
                 # Retry soon enough to confirm the session before its deadline if the store is back.
                 remaining = gen.deadline - time.monotonic()
                 delay = refreshing.note(exc, cap=min(interval, remaining / 3))

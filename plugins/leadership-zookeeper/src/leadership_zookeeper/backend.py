@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, ClassVar
@@ -41,6 +42,30 @@ from ._bridge import PASS_THROUGH, link, post, translate, watch_future
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
 log = logging.getLogger(__name__)
+
+
+class _OncePerMinute(logging.Filter):
+    """kazoo logs every dropped connection of every client; under overload (one client per
+    session, hundreds of sessions) that is thousands of lines saying one thing. Let each kind
+    of line through once a minute; the core reports what it means for the elections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(record.msg, -60.0) < 60.0:
+            return False
+        self._last[record.msg] = now
+        return True
+
+
+#: The logger kazoo's clients use (kazoo's own by default): rate-limited, see _OncePerMinute.
+kazoo_log = logging.getLogger(f"{__name__}.kazoo")
+kazoo_log.addFilter(_OncePerMinute())
 
 DEFAULT_PORT = 2181
 DEFAULT_BASE = "/leadership"
@@ -222,8 +247,10 @@ class ZooKeeperBackend(Backend):
     """``zookeeper://host:port[,host:port...][/base][?options]``"""
 
     #: ZooKeeper negotiates session timeouts into [2, 20] x tickTime (default tickTime 2 s, so
-    #: 4 s); this is only a static floor, the server's real minimum is checked per session.
-    min_ttl: ClassVar[float] = 0.5
+    #: 4 s). This static floor is what the core can keep alive (a refresh every ~0.06 s); the
+    #: server's own minimum (2 x tickTime unless minSessionTimeout is set) is only known once a
+    #: session opens, and a ttl below it ends the election with InvalidTTLError naming it.
+    min_ttl: ClassVar[float] = 0.2
     max_ttl: ClassVar[float | None] = None
 
     def __init__(self, url: StoreURL) -> None:
@@ -300,6 +327,7 @@ class ZooKeeperBackend(Backend):
             ca=self.ca_cert,
             certfile=self.client_cert,
             keyfile=self.client_key,
+            logger=kazoo_log,
         )
         negotiated: list[tuple[float, int]] = []
         # kazoo keeps the negotiated session timeout in a local variable; record it (and the
