@@ -11,4 +11,3 @@ def pytest_configure(config: Any) -> None:
         "markers", "zookeeper: needs a ZooKeeper server (container or LEADERSHIP_TEST_ZOOKEEPER_URL)"
     )
     config.addinivalue_line("markers", "consul: needs a Consul server (container or LEADERSHIP_TEST_CONSUL_URL)")
-    config.addinivalue_line("markers", "cluster: needs a multi-member store cluster")

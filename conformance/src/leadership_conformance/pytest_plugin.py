@@ -7,7 +7,5 @@ from typing import Any
 
 
 def pytest_configure(config: Any) -> None:
-    config.addinivalue_line("markers", "conformance: a test of the shared leadership conformance suite")
     config.addinivalue_line("markers", "store_faults: needs a store the kit can pause and restart")
-    config.addinivalue_line("markers", "processes: runs candidates in separate OS processes")
     config.addinivalue_line("markers", "cluster: needs a multi-member store cluster")
