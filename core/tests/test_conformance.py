@@ -12,7 +12,7 @@ from leadership_conformance.memory import MemoryServer
 
 class TestMemoryConformance(ConformanceSuite):
     ttl = 0.6
-    store_slack = 0.05
+    store_slack = 0.25
     supports_processes = False  # in-process store: agents run in threads with their own loops
     handover_timeout = 3.0
     recovery_time = 2.0

@@ -84,7 +84,9 @@ class ConformanceBase:
 
     #: The ttl the suite's candidates use (seconds); the smallest the store handles comfortably.
     ttl: ClassVar[float] = 2.0
-    #: How much later than ttl the store may expire a dead session (etcd: up to 0.5 s).
+    #: How much later than ttl a crashed leader's successor may be elected: how late the store
+    #: expires a dead session (etcd: its 0.5 s lease-expiry rounds; ZooKeeper: one tickTime) plus
+    #: the successor's wake-up. The crash test asserts failover <= ttl + store_slack.
     store_slack: ClassVar[float] = 0.5
     #: Candidates can run in separate OS processes (False for in-process stores like memory:
     #: the suite then runs them in threads, each with its own Store and event loop).
@@ -343,7 +345,11 @@ class ProcessFaultTests(ConformanceBase):
         a._record({"t": t0, "event": "killed"})
         event = b.wait_elected(True, self.ttl + self.store_slack + 5)
         took = event["t"] - t0
-        assert took <= self.ttl + self.store_slack + 0.5, f"failover took {took:.2f}s; ttl {self.ttl}s"
+        print(f"crash failover {took:.3f}s = {took / self.ttl:.2f} x ttl {self.ttl:g}s (bound +{self.store_slack:g}s)")
+        # The bound the README documents per store: ttl plus the store's expiry slack.
+        assert took <= self.ttl + self.store_slack, (
+            f"failover took {took:.2f}s; the documented bound is ttl {self.ttl:g}s + {self.store_slack:g}s"
+        )
         assert_one_leader_at_a_time([a, b])
 
     def test_frozen_leader_demotes_itself_on_resume(self, spawn: Callable[..., Agent]) -> None:

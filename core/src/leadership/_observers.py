@@ -101,7 +101,10 @@ class StoreLog:
             if is_permanent(error):
                 log.error("%s failed permanently: %s", where, text)
             elif isinstance(error, SessionLostError):
-                log.warning("%s: %s; its elections campaign again on a new session", where, text)
+                skipped = self._due((operation, "lost"))
+                if skipped is not None:  # under overload many sessions are lost alike
+                    more = f" ({skipped} more in the last {LOG_INTERVAL:.0f}s)" if skipped else ""
+                    log.warning("%s: %s; its elections campaign again on a new session%s", where, text, more)
             else:
                 log.warning("%s failed (%s); not retried (retry=None): the stream ends with this error", where, text)
             return
