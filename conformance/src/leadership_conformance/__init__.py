@@ -37,6 +37,7 @@ from .suite import (
     TokenTests,
     assert_one_leader_at_a_time,
 )
+from .unreachable import UnreachableStoreTests
 
 __all__ = [
     "BadInputTests",
@@ -52,5 +53,6 @@ __all__ = [
     "PartitionTests",
     "ProcessFaultTests",
     "TokenTests",
+    "UnreachableStoreTests",
     "assert_one_leader_at_a_time",
 ]

@@ -19,7 +19,6 @@ store (each documented below); a capability a store lacks is declared, never sil
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import statistics
@@ -33,6 +32,7 @@ import pytest
 
 import leadership
 from leadership import ConfigurationError, InvalidArgumentError, InvalidTTLError
+from leadership.testing import dispose
 
 from .agents import Agent, ProcessAgent, ThreadAgent
 
@@ -86,8 +86,9 @@ class ConformanceBase:
 
     #: The ttl the suite's candidates use (seconds); the smallest the store handles comfortably.
     ttl: ClassVar[float] = 2.0
-    #: How much later than ttl the store may expire a dead session (e.g. a store that sweeps
-    #: expired sessions every 0.5 s needs 0.5).
+    #: How much later than ttl a crashed leader's successor may be elected: how late the store
+    #: expires a dead session (etcd: its 0.5 s lease-expiry rounds; ZooKeeper: one tickTime) plus
+    #: the successor's wake-up. The crash test asserts failover <= ttl + store_slack.
     store_slack: ClassVar[float] = 0.5
     #: Candidates can run in separate OS processes (False for in-process stores like memory:
     #: the suite then runs them in threads, each with its own Store and event loop).
@@ -145,11 +146,7 @@ class ConformanceBase:
 
         yield make
         for store in opened:
-            if store._runner.frozen:
-                store._runner.thaw()
-                store._closed = False
-            with contextlib.suppress(Exception):
-                store.close()
+            dispose(store)
 
     @pytest.fixture
     def spawn(self, store_url: str, election_key: str) -> Iterator[Callable[..., Agent]]:
@@ -366,7 +363,11 @@ class ProcessFaultTests(ConformanceBase):
         a._record({"t": t0, "event": "killed"})
         event = b.wait_elected(True, self.ttl + self.store_slack + 5)
         took = event["t"] - t0
-        assert took <= self.ttl + self.store_slack + 0.5, f"failover took {took:.2f}s; ttl {self.ttl}s"
+        print(f"crash failover {took:.3f}s = {took / self.ttl:.2f} x ttl {self.ttl:g}s (bound +{self.store_slack:g}s)")
+        # The bound the README documents per store: ttl plus the store's expiry slack.
+        assert took <= self.ttl + self.store_slack, (
+            f"failover took {took:.2f}s; the documented bound is ttl {self.ttl:g}s + {self.store_slack:g}s"
+        )
         assert_one_leader_at_a_time([a, b])
 
     @pytest.mark.processes
@@ -638,6 +639,7 @@ class ClusterFailoverTests(ConformanceBase):
 
 
 from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
 
 
 class ConformanceSuite(
@@ -651,6 +653,7 @@ class ConformanceSuite(
     ManyElectionsTests,
     BadInputTests,
     PartitionTests,
+    UnreachableStoreTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 
