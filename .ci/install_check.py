@@ -124,7 +124,6 @@ class TestScratchConformance(CandidateTests, FollowerTests, TokenTests, BadInput
     ttl = 0.6
     store_slack = 0.05
     supports_processes = False
-    supports_store_faults = False
     counts_requests = False
     handover_timeout = 3.0
 
