@@ -1,9 +1,12 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs`` | ``faults``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
-its conformance session is named by the URL scheme it registers for the kit's test servers
+so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
+conformance session is named by the URL scheme it registers for the kit's test servers
 (``[project.entry-points."leadership_conformance.servers"]``), e.g. ``nox -s "conformance(NAME)"``.
-A store's server comes from Docker, or from ``LEADERSHIP_TEST_<SCHEME>_URL`` (conformance/README.md).
+A store's server comes from Docker, or from ``LEADERSHIP_TEST_<SCHEME>_URL`` (conformance/README.md);
+a plugin whose test server needs no Docker says so in its pyproject:
+``[tool.leadership-conformance] needs-docker = false``.
 After the conformance sessions, ``conformance_report`` says which stores ran and which were
 skipped; under ``CI=true`` (or ``LEADERSHIP_REQUIRE_DOCKER=1``) a skipped store fails the run.
 """
@@ -41,7 +44,13 @@ def _discover(pattern: str) -> dict[str, str]:
     return found
 
 
+def _needs_docker(folder: str) -> bool:
+    settings = nox.project.load_toml(ROOT / folder / "pyproject.toml").get("tool", {})
+    return bool(settings.get("leadership-conformance", {}).get("needs-docker", True))
+
+
 PLUGINS = _discover("plugins/*")
+EXAMPLES = _discover("examples/*")
 _REPORT_DIR = ROOT / ".nox" / "_conformance" / str(os.getpid())
 
 
@@ -77,7 +86,7 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS]])
+@nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS, *EXAMPLES]])
 def conformance(session: nox.Session, backend: str) -> None:
     """The shared conformance suite against a real store (memory needs none), and the store's
     plugin tests; for memory, the kit's own tests."""
@@ -88,15 +97,17 @@ def conformance(session: nox.Session, backend: str) -> None:
         session.run("pytest", "conformance/tests", "-v", "-rs", "--timeout=300", *session.posargs)
         _record(backend, "passed")
         return
+    folder = PLUGINS.get(backend) or EXAMPLES[backend]
     variable = f"LEADERSHIP_TEST_{backend.upper()}_URL"
-    if not os.environ.get(variable) and not docker_available():
+    if _needs_docker(folder) and not os.environ.get(variable) and not docker_available():
         reason = f"no Docker daemon reachable and {variable} unset"
         _record(backend, "skipped", reason)
         if ci():
             session.error(f"conformance({backend}) skipped under CI: {reason}")
         session.skip(reason)
-    folder = PLUGINS[backend]
-    session.install(*TEST_TOOLS, *KIT, "-e", f"{folder}[testing]")
+    # An example is installed as a third party's plugin would be: built from its own folder.
+    plugin = ["-e", f"{folder}[testing]"] if backend in PLUGINS else [f"./{folder}[testing]"]
+    session.install(*TEST_TOOLS, *KIT, *plugin)
     session.run(
         "pytest", f"{folder}/tests", "-v", "-rs", "--timeout=600", "--durations=15", *session.posargs
     )
@@ -129,9 +140,10 @@ def conformance_report(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *(f"{p}[testing]" for p in PLUGINS.values()))
+    folders = [*PLUGINS.values(), *EXAMPLES.values()]
+    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *(f"./{p}[testing]" for p in folders))
     session.run("ruff", "check", ".")
-    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in PLUGINS.values())]
+    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in folders)]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
 
 
@@ -175,3 +187,17 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
     session.run("python", ".ci/check_api_docs.py", "site")
     session.log(f"site/: {sum(1 for _ in Path('site').rglob('index.html'))} pages")
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """A seeded random fault campaign against one store, with the history checker and a timeline
+    PNG. Args: <scheme> [--duration S] [--seed N] [--cluster] [--out DIR]."""
+    usage = f"usage: nox -s faults -- <{'|'.join(PLUGINS)}> [--duration S] [--seed N] [--cluster]"
+    if not session.posargs or session.posargs[0] not in PLUGINS:
+        session.error(usage)
+    backend = session.posargs[0]
+    if not docker_available() and not os.environ.get(f"LEADERSHIP_TEST_{backend.upper()}_URL"):
+        session.error(f"faults({backend}) needs Docker, or LEADERSHIP_TEST_{backend.upper()}_URL (no store faults)")
+    session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance[faults]", "-e", f"{PLUGINS[backend]}[testing]")
+    session.run("python", "-m", "leadership_conformance.faults", *session.posargs)

@@ -1,4 +1,4 @@
-"""Candidate semantics (DESIGN.md §5) on the memory store."""
+"""Candidate semantics (docs/design.md, "Semantics") on the memory store."""
 
 from __future__ import annotations
 

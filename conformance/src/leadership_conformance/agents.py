@@ -111,11 +111,22 @@ class Agent(abc.ABC):
 
 
 class ProcessAgent(Agent):
-    def __init__(self, url: str, key: str, name: str, ttl: float, *, follower: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        name: str,
+        ttl: float,
+        *,
+        follower: bool = False,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(name)
         cmd = [sys.executable, "-m", "leadership_conformance.agent", "--url", url, "--key", key]
         cmd += ["--follower"] if follower else ["--name", name, "--ttl", repr(ttl)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd += extra_args or []  # e.g. --history FILE --sample S
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )

@@ -47,6 +47,7 @@ __all__ = [
     "FollowerTests",
     "HerdTests",
     "ManyElectionsTests",
+    "PartitionTests",
     "ProcessFaultTests",
     "TokenTests",
 ]
@@ -636,6 +637,9 @@ class ClusterFailoverTests(ConformanceBase):
         assert not any(x.errors() for x in [*agents, f])
 
 
+from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+
+
 class ConformanceSuite(
     CandidateTests,
     FollowerTests,
@@ -646,6 +650,7 @@ class ConformanceSuite(
     HerdTests,
     ManyElectionsTests,
     BadInputTests,
+    PartitionTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 
