@@ -17,7 +17,8 @@ written to a temporary folder:
   option with ConfigurationError; every package carries ``py.typed``;
 - the throwaway plugin registers its backend through the ``leadership`` entry point group and
   passes part of the conformance suite under ``pytest --strict-markers`` (the markers come from
-  the kit's ``pytest11`` entry point).
+  the kit's ``pytest11`` entry point); so does each example backend under examples/, whose test
+  server the kit finds through its ``leadership_conformance.servers`` entry point.
 
 Venvs live under .ci/work/install/ (git-ignored) and are recreated on every run.
 """
@@ -134,6 +135,11 @@ class TestScratchConformance(CandidateTests, FollowerTests, TokenTests, BadInput
 '''
 
 
+# The part of the suite the examples run here: quick, and through every layer (streams, tokens,
+# followers, a SIGKILLed leader, bad input). Their whole suite runs in `nox -s conformance`.
+EXAMPLE_TESTS = "stream_starts or tokens_strictly or bad_input or killed_leader or follower_sees"
+
+
 class CheckFailed(Exception):
     pass
 
@@ -240,7 +246,7 @@ def check_extra(
 
 
 def check_kit(dist: Path, built: dict[str, tuple[str, Path]], constraints: Path) -> list[str]:
-    log = ["== leadership-conformance, used by a throwaway plugin outside the repo"]
+    log = ["== leadership-conformance, used by a throwaway plugin outside the repo and by examples/*"]
     start = time.monotonic()
     venv = WORK / "conformance"
     shutil.rmtree(venv, ignore_errors=True)
@@ -264,6 +270,14 @@ def check_kit(dist: Path, built: dict[str, tuple[str, Path]], constraints: Path)
             cwd=plugin,
         )
         log.append("pytest: " + out.strip().splitlines()[-1])
+    # The repo's example backends (examples/*), installed as their authors' users would: their
+    # test server comes through the kit's entry point group, from the installed wheels.
+    for example in sorted(ROOT.glob("examples/*/tests/test_conformance.py")):
+        folder = example.parent.parent
+        run([*pip, "--find-links", str(dist), "-c", str(constraints), f"{folder}[testing]"], log)
+        pytest = [str(venv / "bin/python"), "-m", "pytest", "-q", "--strict-markers", "-p", "no:cacheprovider"]
+        out = run([*pytest, str(example.relative_to(folder)), "-k", EXAMPLE_TESTS], log, cwd=folder)
+        log.append(f"pytest {folder.relative_to(ROOT)} (part of the suite): " + out.strip().splitlines()[-1])
     log.append(f"ok in {time.monotonic() - start:.0f}s")
     return log
 
