@@ -1,4 +1,5 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs`` | ``faults``.
+"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``faults``
+| ``build`` | ``docs``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
 so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
