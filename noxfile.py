@@ -157,8 +157,12 @@ def bench(session: nox.Session) -> None:
 
 
 def distributions() -> list[str]:
-    """Every distribution's folder: core, the kit, and each plugin the discovery above finds."""
-    return ["core", "conformance", *sorted(set(PLUGINS.values()))]
+    """Every distribution's folder: core, the kit, and each plugin — the backends discovered above
+    and any other ``plugins/*`` folder with a ``pyproject.toml`` (an observer plugin has no store
+    to test, but it is released all the same). ``examples/*`` are third-party style: not ours to
+    release."""
+    folders = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("plugins/*/pyproject.toml")}
+    return ["core", "conformance", *sorted(folders | set(PLUGINS.values()))]
 
 
 @nox.session
