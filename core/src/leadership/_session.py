@@ -228,6 +228,7 @@ class SharedSession:
                 return
             except SessionLostError as exc:  # a session lost while being opened: open another
                 self._transient = exc
+                self._changed.set()
                 await opening.failed(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - sorted by is_permanent

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: After resigning, how long a candidate waits for its successor to take over before queueing
 #: again (it re-queues at once when it sees the successor).
 HANDOVER_GRACE = 0.05
+#: How long stop() waits for the store to remove a leader's entry, outside of store.close().
+STOP_WITHDRAW_TIMEOUT = 2.0
 
 
 class _Stopped(Exception):
@@ -262,10 +264,10 @@ class AsyncCandidate:
         self._set_demoted(None, "stopped")
         gen = self._gen
         if gen is not None and gen.alive() and self.store.healthy:
-            # Bounded: stop() is prompt whatever the store's state; the session's revocation (or
-            # its expiry) releases the entry all the same.
+            # Bounded: stop() is prompt whatever the store's state (store.close() shares a budget
+            # of a fraction of a second); the session's revocation or expiry releases it anyway.
             try:
-                budget = self.store.close_time_left() / 2
+                budget = self.store.close_time_left() / 2 if self.store.closing else STOP_WITHDRAW_TIMEOUT
                 await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))
