@@ -263,11 +263,11 @@ class AsyncCandidate:
     async def _cleanup(self) -> None:
         self._set_demoted(None, "stopped")
         gen = self._gen
-        if gen is not None and gen.alive() and self.store.healthy:
-            # Bounded: stop() is prompt whatever the store's state (store.close() shares a budget
-            # of a fraction of a second); the session's revocation or expiry releases it anyway.
+        # Not while the store closes: revoking the session, one request, releases every entry on
+        # it; and not while the store is known unreachable. Bounded: stop() is prompt.
+        if gen is not None and gen.alive() and self.store.healthy and not self.store.closing:
             try:
-                budget = self.store.close_time_left() / 2 if self.store.closing else STOP_WITHDRAW_TIMEOUT
+                budget = STOP_WITHDRAW_TIMEOUT
                 await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))
