@@ -1,4 +1,5 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` | ``build`` | ``docs`` | ``faults``.
+"""Development sessions: ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` |
+``build`` | ``docs`` | ``faults``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
 so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
@@ -141,7 +142,7 @@ def conformance_report(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
     folders = [*PLUGINS.values(), *EXAMPLES.values()]
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *(f"./{p}[testing]" for p in folders))
+    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance[faults]", *(f"./{p}[testing]" for p in folders))
     session.run("ruff", "check", ".")
     sources = ["core/src", "conformance/src", *(f"{p}/src" for p in folders)]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
@@ -156,8 +157,12 @@ def bench(session: nox.Session) -> None:
 
 
 def distributions() -> list[str]:
-    """Every distribution's folder: core, the kit, and each plugin the discovery above finds."""
-    return ["core", "conformance", *sorted(set(PLUGINS.values()))]
+    """Every distribution's folder: core, the kit, and each plugin — the backends discovered above
+    and any other ``plugins/*`` folder with a ``pyproject.toml`` (an observer plugin has no store
+    to test, but it is released all the same). ``examples/*`` are third-party style: not ours to
+    release."""
+    folders = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("plugins/*/pyproject.toml")}
+    return ["core", "conformance", *sorted(folders | set(PLUGINS.values()))]
 
 
 @nox.session

@@ -154,20 +154,36 @@ def test_a_killed_leader_ends_at_its_kill() -> None:
     assert kinds(History(events, [])) == ["overlap"]  # without the kill it would be two leaders
 
 
-def test_a_frozen_leader_ends_at_its_freeze_only_if_it_demotes_after() -> None:
+def test_a_frozen_leader_ends_at_its_freeze_if_it_demotes_at_once_after_the_thaw() -> None:
     events = [
         ev(0.0, "a", "ready"),
         ev(0.0, "b", "ready"),
         elected(1.0, "a", 10),
-        elected(3.5, "b", 11),
+        elected(5.005, "b", 11),  # elected just after the thaw, before a's loop ran its demotion
         demoted(5.01, "a", 10),  # at once after the thaw
         ev(5.02, "a", "sample", is_leader=False, token=None, t_read=5.015),
     ]
     records = [{"event": "frozen", "t": 1.2, "agent": "a"}, {"event": "thawed", "t": 5.0, "agent": "a"}]
     assert check(History(events, records)).ok
+    assert kinds(History(events, [])) == ["overlap"]  # not frozen: 5 ms of two leaders
     # Reading True after the thaw while b leads is an overlap, freeze or not.
     bad = [*events, ev(5.03, "a", "sample", is_leader=True, token=10, t_read=5.025)]
     assert kinds(History(bad, records)) == ["overlap"]
+
+
+def test_a_frozen_leader_that_leads_on_after_the_thaw_counts_from_the_thaw() -> None:
+    events = [
+        ev(0.0, "a", "ready"),
+        ev(0.0, "b", "ready"),
+        elected(1.0, "a", 10),
+        elected(3.5, "b", 11),  # during a's freeze
+        demoted(4.0, "b", 11),
+        demoted(8.0, "a", 10),  # a led on for 3 s after its thaw at 5.0
+    ]
+    records = [{"event": "frozen", "t": 1.2, "agent": "a"}, {"event": "thawed", "t": 5.0, "agent": "a"}]
+    assert check(History(events, records)).ok, "b's term lies inside a's freeze: a could not act"
+    late_b = [*events[:4], demoted(6.0, "b", 11), events[5]]
+    assert kinds(History(late_b, records)) == ["overlap"], "a leads from its thaw while b still leads"
 
 
 def test_load_history_reads_a_campaign_directory(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ Checks (each violation names its kind):
 - ``follower``: after quiescence a follower does not report the true leader;
 - ``leftover``: the store still holds entries after every agent stopped.
 
-A SIGSTOPped process cannot act: when another agent was elected on the key while it was frozen,
-its leadership is taken to end at the freeze, and it must then demote itself (and read False)
-as soon as it runs again — its reads after the thaw are checked like any other.
+A SIGSTOPped process cannot act: its leadership counts until the freeze. Thawed after its
+deadline, it must demote itself as soon as it runs (within THAW_DEMOTION_BOUND; its observer
+hook may trail the thaw by the time its loop needs to run, while its ``is_leader`` reads are
+False at once and are checked one by one); if it still leads later, its leadership counts again
+from the thaw, and any rival elected meanwhile is an overlap.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Interval:
     start: float
     end: float
     token: int | None
+    #: The part of a term after a freeze (not a new election: the token check skips it).
+    resumed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,9 +204,16 @@ def _intervals(history: History, end: float) -> tuple[list[Interval], list[Viola
     return _clip_frozen(history, raw), violations
 
 
+#: A leader thawed after its deadline passed demotes itself as soon as its loop runs again;
+#: a demotion later than this after the thaw counts as leading on after the thaw.
+THAW_DEMOTION_BOUND = 1.0
+
+
 def _clip_frozen(history: History, intervals: list[Interval]) -> list[Interval]:
-    """An interval spanning a freeze during which another agent was elected on the key ends at
-    the freeze (the process could not act); it must have demoted itself after the thaw."""
+    """A SIGSTOPped process cannot act: its leadership counts until the freeze. If it demotes
+    itself within THAW_DEMOTION_BOUND of the thaw (its deadline passed while frozen; its reads
+    after the thaw are still checked one by one), that is all; if it still leads after that,
+    its leadership counts again from the thaw."""
     freezes: dict[str, list[tuple[float, float]]] = defaultdict(list)
     frozen_at: dict[str, float] = {}
     for r in sorted([*_by(history.records, "frozen"), *_by(history.records, "thawed")], key=lambda r: r["t"]):
@@ -214,17 +225,15 @@ def _clip_frozen(history: History, intervals: list[Interval]) -> list[Interval]:
         freezes[agent].append((fs, float("inf")))
     out = []
     for iv in intervals:
-        clipped = iv
-        for fs, fe in freezes.get(iv.agent, []):
-            if not (iv.start <= fs < iv.end):
+        pieces = [iv]
+        for fs, fe in sorted(freezes.get(iv.agent, [])):
+            last = pieces[-1]
+            if not (last.start <= fs < last.end):
                 continue
-            rival = any(
-                o.key == iv.key and o.agent != iv.agent and fs <= o.start <= min(fe, iv.end) for o in intervals
-            )
-            if rival:
-                clipped = dataclasses.replace(iv, end=fs)
-                break
-        out.append(clipped)
+            pieces[-1] = dataclasses.replace(last, end=fs)
+            if last.end > fe + THAW_DEMOTION_BOUND:
+                pieces.append(dataclasses.replace(last, start=fe, resumed=True))
+        out.extend(pieces)
     return out
 
 
@@ -271,7 +280,8 @@ def _check_tokens(intervals: list[Interval]) -> list[Violation]:
     out: list[Violation] = []
     by_key: dict[str, list[Interval]] = defaultdict(list)
     for iv in intervals:
-        by_key[iv.key].append(iv)
+        if not iv.resumed:
+            by_key[iv.key].append(iv)
     for key, ivs in by_key.items():
         ivs.sort(key=lambda i: i.start)
         for a, b in itertools.pairwise(ivs):
@@ -405,7 +415,7 @@ def check(history: History) -> Report:
         faults[f["kind"]] += 1
     report = Report(
         sorted(violations, key=lambda v: v.t), sorted(intervals, key=lambda i: i.start), recoveries, dict(faults),
-        len(intervals), len(samples),
+        sum(not iv.resumed for iv in intervals), len(samples),
     )
     report._bound = history.recovery_bound
     return report
