@@ -37,6 +37,9 @@ def _closed_port() -> int:
 
 
 class UnreachableStoreTests(ConformanceBase):
+    """Unreachable stores and the errors a user sees (see the module docstring): connect's
+    timeout, ``hold``'s timeout, a prompt ``close()``, and ``retry=None`` told once."""
+
     #: How long ``close()`` may take, whatever the store's state (seconds).
     close_bound: ClassVar[float] = 1.0
     #: The connect_timeout the tests pass, and what connect may take beyond it to give up.
