@@ -139,6 +139,20 @@ def abandon(task: asyncio.Future[Any]) -> None:
     task.add_done_callback(_retrieve)
 
 
+async def settle(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Give ``tasks`` ``timeout`` seconds to end, cancel the rest and give them as long again to
+    finish cancelling; whatever still runs then is left behind (its outcome retrieved). A
+    backend call that blocks on cancel (a client closing a connection to a frozen store) must
+    not hold up closing."""
+    _, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=max(0.05, timeout))
+        for task in stuck:
+            abandon(task)
+
+
 class Flag:
     """An asyncio.Event that can also hand out plain futures, so racing it against other work
     costs no extra task (the core races flags on every handover)."""

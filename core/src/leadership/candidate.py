@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: After resigning, how long a candidate waits for its successor to take over before queueing
 #: again (it re-queues at once when it sees the successor).
 HANDOVER_GRACE = 0.05
+#: How long stop() waits for the store to remove a leader's entry, outside of store.close().
+STOP_WITHDRAW_TIMEOUT = 2.0
 
 
 class _Stopped(Exception):
@@ -261,11 +263,11 @@ class AsyncCandidate:
     async def _cleanup(self) -> None:
         self._set_demoted(None, "stopped")
         gen = self._gen
-        if gen is not None and gen.alive() and self.store.healthy:
-            # Bounded: stop() is prompt whatever the store's state; the session's revocation (or
-            # its expiry) releases the entry all the same.
+        # Not while the store closes: revoking the session, one request, releases every entry on
+        # it; and not while the store is known unreachable. Bounded: stop() is prompt.
+        if gen is not None and gen.alive() and self.store.healthy and not self.store.closing:
             try:
-                budget = self.store.close_time_left() / 2
+                budget = STOP_WITHDRAW_TIMEOUT
                 await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))

@@ -46,20 +46,26 @@ log = logging.getLogger(__name__)
 
 class _OncePerMinute(logging.Filter):
     """kazoo logs every dropped connection of every client; under overload (one client per
-    session, hundreds of sessions) that is thousands of lines saying one thing. Let each kind
-    of line through once a minute; the core reports what it means for the elections."""
+    session, hundreds of sessions) that is thousands of lines saying one thing. Let one of its
+    warnings through a minute, with a count of the others; the core reports what it means for
+    the elections."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._last: dict[object, float] = {}
+        self._last = -60.0
+        self._skipped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
         now = time.monotonic()
-        if now - self._last.get(record.msg, -60.0) < 60.0:
+        if now - self._last < 60.0:
+            self._skipped += 1
             return False
-        self._last[record.msg] = now
+        if self._skipped:
+            record.msg = f"{record.getMessage()} ({self._skipped} more kazoo warnings in the last minute)"
+            record.args = ()
+        self._last, self._skipped = now, 0
         return True
 
 
