@@ -37,6 +37,8 @@ def _closed_port() -> int:
 
 
 class UnreachableStoreTests(ConformanceBase):
+    """An unreachable store: connect names it, close stays prompt, timeouts and retry=None explain themselves."""
+
     #: How long ``close()`` may take, whatever the store's state (seconds).
     close_bound: ClassVar[float] = 1.0
     #: The connect_timeout the tests pass, and what connect may take beyond it to give up.

@@ -147,6 +147,7 @@ class HookimplMarker:
 
 
 hookimpl = HookimplMarker()
+"""Marks a plugin's hook implementations: ``@leadership.hookimpl def leadership_elected(...)``."""
 
 
 @hookspec
