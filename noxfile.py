@@ -142,7 +142,7 @@ def conformance_report(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
     folders = [*PLUGINS.values(), *EXAMPLES.values()]
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *(f"./{p}[testing]" for p in folders))
+    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance[faults]", *(f"./{p}[testing]" for p in folders))
     session.run("ruff", "check", ".")
     sources = ["core/src", "conformance/src", *(f"{p}/src" for p in folders)]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
