@@ -440,6 +440,12 @@ class ZooKeeperBackend(Backend):
             )
         if negotiated < ttl - 0.001:
             log.info("ZooKeeper granted a %gs session timeout for ttl %gs (the server's maximum)", negotiated, ttl)
+        if client.client_id is None:
+            # The session was lost between connecting and here (kazoo forgets its id on LOST:
+            # e.g. the ensemble member it reached died and another declared it expired). A
+            # transient failure: the caller opens a new one.
+            await self.stop_client(client)
+            raise StoreUnavailableError(f"the new ZooKeeper session at {self.hosts} was lost as it was opened")
         session = ZooKeeperSession(self, client, ttl, negotiated, asyncio.get_running_loop())
         self._sessions.add(session)
         return session
