@@ -53,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The entry-point group through which a plugin registers its server handle class.
 ENTRY_POINT_GROUP = "leadership_conformance.servers"
+"""The entry-point group through which a plugin registers its server handle class."""
 ENV_PREFIX = "LEADERSHIP_TEST_"
 #: Client-side timeout of one probe (health check, metrics read).
 PROBE_TIMEOUT = 2.0
@@ -136,6 +136,11 @@ class Member:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def container(self) -> Any:
+        """The earlier name of :attr:`handle` (a container handle's ``DockerContainer``)."""
+        return self.handle
 
 
 class StoreServer:
