@@ -1,22 +1,19 @@
-"""The ``leadership`` command: ``leadership demo`` (a live election on the memory store) and
-``leadership backends`` (what is installed)."""
+"""``leadership demo`` (a live election, on the memory store or any other) and ``leadership
+backends`` (what is installed)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import random
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from typing import Any
 
-from . import Candidate, Follower, connect
-from .errors import LeadershipError
-from .plugins import backend_registry, default_plugin_manager, list_plugin_distinfo
-from .testing import crash
+from .. import Candidate, Follower, connect
+from ..plugins import backend_registry, default_plugin_manager, list_plugin_distinfo
+from ..testing import crash
 
-__all__ = ["main"]
+__all__ = ["add_demo_parsers"]
 
 
 def _backends(_: argparse.Namespace) -> int:
@@ -114,29 +111,25 @@ def _demo(args: argparse.Namespace) -> int:
     return _Demo(args.url, args.candidates, args.ttl, args.duration, args.seed).run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="leadership", description="Distributed leader election.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a live election with several candidates and a follower")
-    demo.add_argument("--url", default="memory://demo", help="store URL (default: the in-process memory store)")
-    demo.add_argument("--candidates", type=int, default=3)
-    demo.add_argument("--ttl", type=float, default=1.5)
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds to run")
-    demo.add_argument("--seed", type=int, default=None)
-    demo.set_defaults(func=_demo)
-    backends = sub.add_parser("backends", help="list installed plugins and backends")
-    backends.set_defaults(func=_backends)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+def add_demo_parsers(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="a live election with several candidates and a follower",
+        description="A live election: candidates resign and crash, a follower reports every change.",
+        epilog="example:\n  leadership demo --url etcd://127.0.0.1:2379 --duration 30",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    try:
-        return int(args.func(args))
-    except LeadershipError as exc:
-        print(f"leadership: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    demo.add_argument("--url", default="memory://demo", help="store URL (default: the in-process memory store)")
+    demo.add_argument("--candidates", type=int, default=3, help="how many candidates campaign (default 3)")
+    demo.add_argument("--ttl", type=float, default=1.5, help="session ttl in seconds (default 1.5)")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    demo.set_defaults(func=_demo)
+    backends = sub.add_parser(
+        "backends",
+        help="list installed plugins and backends",
+        description="List the installed plugins and the store URL schemes they provide.",
+        epilog="example:\n  leadership backends",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backends.set_defaults(func=_backends)
