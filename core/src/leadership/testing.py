@@ -26,5 +26,10 @@ def memory_cluster(name: str = "default") -> MemoryCluster:
 
 def crash(store: Store) -> None:
     """Stop the store's engine without releasing anything, as a killed process would: its
-    sessions stop being refreshed and expire after their ttl; nothing is withdrawn."""
+    sessions stop being refreshed and expire after their ttl; nothing is withdrawn.
+
+    The core's loop is frozen, and the backend's own background work that would keep sessions
+    alive (ZooKeeper's client thread pings by itself) is stopped through
+    :meth:`leadership.Backend.abandon`. The store object is unusable afterwards."""
     store._abandon()
+    store.aio.backend.abandon()
