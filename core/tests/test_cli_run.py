@@ -284,8 +284,8 @@ def test_session_lost_kills_the_child_before_the_store_could_let_another_win(
     assert stopped["killed"] is True and stopped["reason"] == "session_lost"
     # The child ignored SIGTERM: it got SIGKILL within the bound (half the safety margin of
     # 0.1 s for a 1 s ttl), not after the 30 s grace.
-    assert stopped["loss_to_dead"] <= stopped["bound"] + 0.05, stopped
-    assert stopped["bound"] <= 0.1, stopped
+    assert stopped["loss_to_dead"] < stopped["store_expiry"], stopped
+    assert stopped["bound"] <= 0.05 + 0.01, stopped  # half the 0.1 s safety margin
     # ... and the whole thing happened before the store could have expired the session.
     assert state["dead"] - state["unavailable"] < ttl, state
     assert status == 128 + signal.SIGTERM

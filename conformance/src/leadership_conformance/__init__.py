@@ -33,6 +33,7 @@ from .suite import (
     TokenTests,
     assert_one_leader_at_a_time,
 )
+from .supervisor import RunCommandTests
 
 __all__ = [
     "BadInputTests",
@@ -46,6 +47,7 @@ __all__ = [
     "HerdTests",
     "ManyElectionsTests",
     "ProcessFaultTests",
+    "RunCommandTests",
     "TokenTests",
     "assert_one_leader_at_a_time",
 ]

@@ -608,6 +608,10 @@ class ClusterFailoverTests(ConformanceBase):
         assert not any(x.errors() for x in [*agents, f])
 
 
+# Here, not at the top: the supervisor tests build on ConformanceBase, defined above.
+from .supervisor import RunCommandTests  # noqa: E402
+
+
 class ConformanceSuite(
     CandidateTests,
     FollowerTests,
@@ -618,6 +622,7 @@ class ConformanceSuite(
     HerdTests,
     ManyElectionsTests,
     BadInputTests,
+    RunCommandTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 

@@ -61,6 +61,8 @@ class Loss:
     at: float
     #: Monotonic time by which the command must be dead.
     kill_by: float
+    #: The earliest the store could expire the session (None: it may have already).
+    store_expiry: float | None = None
 
 
 def default_name() -> str:
@@ -86,20 +88,20 @@ class Supervisor:
         """Called inside the core's demotion, before the stream reports False: the moment to
         read the session deadline the demotion was computed from."""
         if key == self.o.key and name == self.o.name and self.candidate is not None:
-            now = time.monotonic()
-            self.loss = Loss(reason, now, self._kill_by(reason, now))
+            self.loss = self._loss(reason, time.monotonic())
 
-    def _kill_by(self, reason: str, now: float) -> float:
+    def _loss(self, reason: str, now: float) -> Loss:
         candidate = self.candidate
         assert candidate is not None
         gen, shared = candidate._gen, candidate._shared
         if reason in ("resigned", "stopped"):
             # Our own doing, after the command ended; a stop on a signal waits up to the grace.
-            return now + self.o.grace
+            return Loss(reason, now, now + self.o.grace)
         if reason != "session_lost" or gen is None or shared is None or now < gen.deadline - 0.001:
-            return now  # the store already let go of us: another may lead now
-        margin = shared._margin(gen.raw)
-        return min(now + self.o.grace, gen.deadline + margin / 2)
+            return Loss(reason, now, now)  # the store already let go of us: another may lead now
+        # The deadline passed: the store cannot expire the session before deadline + margin.
+        expiry = gen.deadline + shared._margin(gen.raw)
+        return Loss(reason, now, min(now + self.o.grace, (gen.deadline + expiry) / 2), expiry)
 
     async def _pump(self, candidate: AsyncCandidate) -> None:
         try:
@@ -256,6 +258,7 @@ class Supervisor:
             reason=loss.reason,
             loss_to_dead=round(dead - loss.at, 6),
             bound=round(loss.kill_by - loss.at, 6),
+            store_expiry=None if loss.store_expiry is None else round(loss.store_expiry - loss.at, 6),
         )
 
     async def _stop_on_signal(self, child: Child) -> int:
