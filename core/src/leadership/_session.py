@@ -210,6 +210,7 @@ class SharedSession:
             if not gen.alive():  # confirmed too late: the deadline passed meanwhile
                 gen.lose("session_lost")
                 return
+            self.store.notify("leadership_session_refreshed", ttl=self.ttl, duration=time.monotonic() - sent)
             if failures:
                 self.store.mark_healthy()
             failures = 0
