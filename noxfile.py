@@ -22,6 +22,8 @@ PLUGINS = {
     "zookeeper": "plugins/leadership-zookeeper",
     "consul": "plugins/leadership-consul",
 }
+#: Plugins that observe elections (no store): unit-tested with the core, on the memory store.
+OBSERVERS = {"prometheus": "plugins/leadership-prometheus"}
 TEST_TOOLS = ["pytest>=7.4", "pytest-timeout>=2.2"]
 
 
@@ -43,6 +45,9 @@ def tests(session: nox.Session) -> None:
     """Unit tests of the core on the memory store (no server needed)."""
     session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance")
     session.run("pytest", "core/tests", "--timeout=120", *session.posargs)
+    for path in OBSERVERS.values():
+        session.install("-e", path)
+        session.run("pytest", f"{path}/tests", "--timeout=120", *session.posargs)
 
 
 @nox.session
@@ -70,9 +75,9 @@ def conformance(session: nox.Session, backend: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *PLUGINS.values())
+    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *PLUGINS.values(), *OBSERVERS.values())
     session.run("ruff", "check", ".")
-    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in PLUGINS.values())]
+    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in [*PLUGINS.values(), *OBSERVERS.values()])]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
 
 

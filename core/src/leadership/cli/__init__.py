@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus metrics on this port (needs leadership[prometheus])",
     )
+    run.add_argument(
+        "--metrics-address",
+        metavar="ADDR",
+        default="0.0.0.0",
+        help="address the metrics server listens on (default 0.0.0.0: every interface)",
+    )
     add_json_option(run, "run's own messages (stderr)")
 
     watch = _sub(sub, "watch", "print every change of leader of an election")
@@ -170,7 +176,7 @@ def _command(cmd: list[str] | None) -> list[str]:
     return cmd
 
 
-def _metrics(port: int | None) -> None:
+def _metrics(port: int | None, address: str) -> None:
     if port is None:
         return
     try:
@@ -178,7 +184,7 @@ def _metrics(port: int | None) -> None:
     except ImportError:
         raise UsageError("--metrics-port needs the Prometheus plugin: pip install 'leadership[prometheus]'") from None
     try:
-        prometheus_client.start_http_server(port, addr=os.environ.get("LEADERSHIP_METRICS_ADDR", "0.0.0.0"))
+        prometheus_client.start_http_server(port, addr=address)
     except OSError as exc:
         raise UsageError(f"--metrics-port {port}: {exc.strerror or exc}") from None
 
@@ -201,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         command=_command(args.cmd),
         safety_margin=args.safety_margin,
     )
-    _metrics(args.metrics_port)
+    _metrics(args.metrics_port, args.metrics_address)
     return asyncio.run(Supervisor(options, Reporter("leadership run", args.json)).main())
 
 
