@@ -262,20 +262,42 @@ class RunCommandTests(ConformanceBase):
         out_path = tmp_path / "watch.out"
         with out_path.open("w") as out:
             watch = subprocess.Popen([*LEADERSHIP, "watch", "--store", store_url, election_key], stdout=out)
+
+        def printed(lines: int) -> None:
+            deadline = time.monotonic() + 30
+            while len(out_path.read_text().splitlines()) < lines and time.monotonic() < deadline:
+                time.sleep(0.02)
+
         try:
+            printed(1)  # watch is connected: it printed "none"
             with leadership.connect(store_url) as store:
-                time.sleep(1.0)  # watch connected and printed "none"
                 candidate = leadership.Candidate(store, election_key, "alpha", ttl=self.ttl)
                 term = candidate.wait_elected(self.handover_timeout)
                 led = cli("status", "--store", store_url, election_key)
                 assert led.returncode == 0 and led.stdout.split() == ["alpha", "(token", f"{term.token})"], led
                 candidate.stop()
-                time.sleep(1.0)
+            printed(3)
         finally:
             watch.send_signal(signal.SIGINT)
             assert watch.wait(30) == 0
         lines = out_path.read_text().splitlines()
         assert [line.split()[1:] for line in lines] == [["none", "-"], ["alpha", str(term.token)], ["none", "-"]], lines
+
+    def test_demo_on_the_store_survives_crashes_and_ends_on_time(self, store_url: str) -> None:
+        """``leadership demo --url``: the default ttl is one the store accepts, every leader
+        crashes, and another is elected each time; the demo exits on time."""
+        duration = 2.5 + self.ttl + self.store_slack + 3
+        started = time.monotonic()
+        result = cli("demo", "--url", store_url, "--duration", f"{duration:g}", "--crash-rate", "1", timeout=120)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result
+        assert "Traceback" not in result.stderr, result.stderr
+        elected = [line.split()[1:] for line in result.stdout.splitlines() if " elected (fencing token " in line]
+        assert len({who for who, *_ in elected}) >= 2, f"nobody took over after a crash:\n{result.stdout}"
+        tokens = [int(words[-1].rstrip(")")) for words in elected]
+        assert tokens == sorted(tokens), result.stdout
+        assert "CRASHES" in result.stdout and "demo finished" in result.stdout
+        assert took < duration + 8, f"a {duration:g}s demo took {took:.1f}s"
 
     def test_testing_crash_ends_the_session(self, stores: Callable[[], leadership.Store], election_key: str) -> None:
         """``leadership.testing.crash`` must leave nothing refreshing the session (no client thread

@@ -254,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # kazoo warns about every dropped connection; the core reports what matters (one line).
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
     func = _COMMANDS.get(args.command) or args.func
     try:
         return int(func(args))

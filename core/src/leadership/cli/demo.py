@@ -9,9 +9,13 @@ import threading
 import time
 from typing import Any
 
-from .. import Candidate, Follower, connect
+from .. import Candidate, Follower, Store, connect
+from .._util import validate_ttl
+from ..errors import InvalidTTLError, LeadershipError
 from ..plugins import backend_registry, default_plugin_manager, list_plugin_distinfo
 from ..testing import crash
+from ..url import StoreURL
+from ._common import UsageError, store_limits
 
 __all__ = ["add_demo_parsers"]
 
@@ -27,9 +31,36 @@ def _backends(_: argparse.Namespace) -> int:
     return 0
 
 
+#: ttls the demo tries, shortest first, when none is given: short enough for a lively demo, and
+#: found by asking the store (ZooKeeper's minimum depends on the server's tickTime).
+DEMO_TTLS = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def demo_ttl(url: str) -> float:
+    """The shortest of DEMO_TTLS the store accepts. InvalidTTLError if none is."""
+    low, high = store_limits(url)
+    choices = [t for t in DEMO_TTLS if t >= low and (high is None or t <= high)] or [low]
+    error: InvalidTTLError | None = None
+    with connect(url) as store:
+        for ttl in choices:
+            candidate = Candidate(store, "demo/ttl-probe", "probe", ttl=ttl)
+            try:
+                candidate.wait_elected(timeout=30)
+                return ttl
+            except InvalidTTLError as exc:  # the server's own minimum (ZooKeeper)
+                error = exc
+            finally:
+                candidate.stop()
+    assert error is not None
+    raise error
+
+
 class _Demo:
-    def __init__(self, url: str, candidates: int, ttl: float, duration: float, seed: int | None) -> None:
+    def __init__(
+        self, url: str, candidates: int, ttl: float, duration: float, seed: int | None, crash_rate: float = 0.35
+    ) -> None:
         self.url = url
+        self.crash_rate = crash_rate
         self.n = candidates
         self.ttl = ttl
         self.duration = duration
@@ -37,6 +68,9 @@ class _Demo:
         self.start = time.monotonic()
         self.lock = threading.Lock()
         self.done = threading.Event()
+        #: The stores of the nodes still running (a crashed node's store is abandoned).
+        self.live: set[Store] = set()
+        self.errors: list[BaseException] = []
 
     def say(self, who: str, text: str) -> None:
         if self.done.is_set():
@@ -45,9 +79,20 @@ class _Demo:
             print(f"[{time.monotonic() - self.start:6.2f}s] {who:<10} {text}", flush=True)
 
     def node(self, name: str) -> None:
+        try:
+            self._node(name)
+        except LeadershipError as exc:  # e.g. a ttl below the server's minimum: end the demo
+            self.errors.append(exc)
+            self.done.set()
+
+    def _node(self, name: str) -> None:
         """One 'process': campaigns; as leader works a while, then resigns or crashes."""
         while not self.done.is_set():
             store = connect(self.url)
+            with self.lock:
+                self.live.add(store)
+            if self.done.is_set():
+                break
             candidate = Candidate(store, "demo/leader", name, ttl=self.ttl)
             crashed = False
             for elected in candidate.run_for_election():
@@ -58,15 +103,16 @@ class _Demo:
                 self.done.wait(self.rng.uniform(1.0, 2.5))
                 if self.done.is_set():
                     break
-                if self.rng.random() < 0.35:
+                if self.rng.random() < self.crash_rate:
                     self.say(name, f"CRASHES without releasing; the others wait out the {self.ttl:g}s ttl")
+                    with self.lock:
+                        self.live.discard(store)
                     crash(store)
                     crashed = True
                     break
                 self.say(name, "resigns")
                 candidate.resign()
             if not crashed:
-                store.close()
                 return
             self.done.wait(self.rng.uniform(1.0, 3.0))  # the process restarts
             if not self.done.is_set():
@@ -76,7 +122,7 @@ class _Demo:
         store = connect(self.url)
         follower = Follower(store, "demo/leader")
         print(
-            f"Live election on {self.url}: {self.n} candidates, ttl {self.ttl:g}s, {self.duration:g}s. "
+            f"Live election on {store.url}: {self.n} candidates, ttl {self.ttl:g}s, {self.duration:g}s. "
             "Leaders resign or crash; the follower reports every change.",
             flush=True,
         )
@@ -95,20 +141,36 @@ class _Demo:
         for t in threads:
             t.start()
         try:
-            time.sleep(self.duration)
+            self.done.wait(self.duration)
         except KeyboardInterrupt:
             pass
         self.done.set()
-        for t in threads[1:]:
-            t.join(timeout=10)
-        follower.stop()
-        store.close()
+        # Close every store at once (each releases its leadership): the demo ends on time.
+        with self.lock:
+            stores = [store, *self.live]
+        closers = [threading.Thread(target=s.close, daemon=True) for s in stores]
+        for t in closers:
+            t.start()
+        for t in [*closers, *threads]:
+            t.join(timeout=max(0.1, self.start + self.duration + 5 - time.monotonic()))
+        if self.errors:
+            raise self.errors[0]
         print("demo finished", flush=True)
         return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return _Demo(args.url, args.candidates, args.ttl, args.duration, args.seed).run()
+    if args.candidates < 1:
+        raise UsageError(f"--candidates must be at least 1, got {args.candidates}")
+    if not 0 <= args.crash_rate <= 1:
+        raise UsageError(f"--crash-rate must be between 0 and 1, got {args.crash_rate:g}")
+    if args.duration <= 0:
+        raise UsageError(f"--duration must be a positive number of seconds, got {args.duration:g}")
+    low, high = store_limits(args.url)  # a bad URL or option: one line, before any I/O
+    if args.ttl is not None:
+        validate_ttl(args.ttl, low, high, StoreURL.parse(args.url).scheme)
+    ttl = args.ttl if args.ttl is not None else demo_ttl(args.url)
+    return _Demo(args.url, args.candidates, ttl, args.duration, args.seed, args.crash_rate).run()
 
 
 def add_demo_parsers(sub: Any) -> None:
@@ -121,9 +183,21 @@ def add_demo_parsers(sub: Any) -> None:
     )
     demo.add_argument("--url", default="memory://demo", help="store URL (default: the in-process memory store)")
     demo.add_argument("--candidates", type=int, default=3, help="how many candidates campaign (default 3)")
-    demo.add_argument("--ttl", type=float, default=1.5, help="session ttl in seconds (default 1.5)")
+    demo.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        help="session ttl in seconds (default: 1.5, or the shortest the store accepts)",
+    )
     demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    demo.add_argument(
+        "--crash-rate",
+        type=float,
+        default=0.35,
+        metavar="P",
+        help="probability that a leader crashes instead of resigning (default 0.35)",
+    )
     demo.set_defaults(func=_demo)
     backends = sub.add_parser(
         "backends",
