@@ -1,14 +1,20 @@
 """Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench``.
 
-``nox -s "conformance(etcd)"`` runs one backend's suite; its server comes from Docker (official
-image, or LEADERSHIP_TEST_<STORE>_IMAGE / _URL — see conformance/README.md).
+Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
+its conformance session is named by the URL scheme it registers for the kit's test servers
+(``[project.entry-points."leadership_conformance.servers"]``), e.g. ``nox -s "conformance(NAME)"``.
+A store's server comes from Docker, or from ``LEADERSHIP_TEST_<SCHEME>_URL`` (conformance/README.md).
+After the conformance sessions, ``conformance_report`` says which stores ran and which were
+skipped; under ``CI=true`` (or ``LEADERSHIP_REQUIRE_DOCKER=1``) a skipped store fails the run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import nox
 
@@ -17,20 +23,44 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "conformance", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
-PLUGINS = {
-    "etcd": "plugins/leadership-etcd",
-    "zookeeper": "plugins/leadership-zookeeper",
-    "consul": "plugins/leadership-consul",
-}
+ROOT = Path(__file__).parent
+TEST_TOOLS = ["pytest>=7.4", "pytest-timeout>=2.2"]
+KIT = ["-e", "./core", "-e", "./conformance"]
+SERVERS_GROUP = "leadership_conformance.servers"
+
+
+def _discover(pattern: str) -> dict[str, str]:
+    """{scheme: folder} of the distributions matching ``pattern`` that register a test server
+    for the kit (or, lacking one, a backend): the name of their first entry point."""
+    found: dict[str, str] = {}
+    for pyproject in sorted(ROOT.glob(f"{pattern}/pyproject.toml")):
+        entry_points = nox.project.load_toml(pyproject).get("project", {}).get("entry-points", {})
+        names = [*entry_points.get(SERVERS_GROUP, {}), *entry_points.get("leadership", {})]
+        if names:
+            found[names[0]] = pyproject.parent.relative_to(ROOT).as_posix()
+    return found
+
+
 #: Plugins that observe elections (no store): unit-tested with the core, on the memory store.
 OBSERVERS = {"prometheus": "plugins/leadership-prometheus"}
-TEST_TOOLS = ["pytest>=7.4", "pytest-timeout>=2.2"]
+PLUGINS = {scheme: folder for scheme, folder in _discover("plugins/*").items() if folder not in OBSERVERS.values()}
+_REPORT_DIR = ROOT / ".nox" / "_conformance" / str(os.getpid())
+
+
+def ci() -> bool:
+    """A run where a store must not be skipped (CI=true; LEADERSHIP_REQUIRE_DOCKER is the old name)."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(os.environ.get("LEADERSHIP_REQUIRE_DOCKER"))
 
 
 def docker_available() -> bool:
     if not shutil.which("docker"):
         return False
     return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+def _record(backend: str, outcome: str, detail: str = "") -> None:
+    _REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    (_REPORT_DIR / f"{backend}.json").write_text(json.dumps({"outcome": outcome, "detail": detail}))
 
 
 @nox.session
@@ -42,8 +72,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit tests of the core on the memory store (no server needed)."""
-    session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance")
+    """Unit tests of the core on the memory store (no server needed; its conformance run is
+    ``conformance(memory)``)."""
+    session.install(*TEST_TOOLS, *KIT)
     session.run("pytest", "core/tests", "--timeout=120", *session.posargs)
     for path in OBSERVERS.values():
         session.install("-e", path)
@@ -53,29 +84,58 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS]])
 def conformance(session: nox.Session, backend: str) -> None:
-    """The shared conformance suite against a real store (memory needs none)."""
-    paths = ["-e", "./core", "-e", "./conformance"]
+    """The shared conformance suite against a real store (memory needs none), and the store's
+    plugin tests; for memory, the kit's own tests."""
+    session.notify("conformance_report")
+    _record(backend, "unfinished")
     if backend == "memory":
-        session.install(*TEST_TOOLS, *paths)
-        session.run("pytest", "core/tests/test_conformance.py", "-v", "--timeout=300", *session.posargs)
+        session.install(*TEST_TOOLS, *KIT)
+        session.run("pytest", "conformance/tests", "-v", "-rs", "--timeout=300", *session.posargs)
+        _record(backend, "passed")
         return
-    external = os.environ.get(f"LEADERSHIP_TEST_{backend.upper()}_URL")
-    if not external and not docker_available():
-        if os.environ.get("LEADERSHIP_REQUIRE_DOCKER"):
-            session.error(f"conformance({backend}) needs Docker, and LEADERSHIP_REQUIRE_DOCKER is set")
-        session.skip(f"no Docker daemon reachable and LEADERSHIP_TEST_{backend.upper()}_URL unset")
-    session.install(*TEST_TOOLS, *paths, "-e", PLUGINS[backend])
-    if not external:  # the kit's own server handles against the same store
-        session.run("pytest", "conformance/tests", "-m", backend, "-rs", "--timeout=600")
+    variable = f"LEADERSHIP_TEST_{backend.upper()}_URL"
+    if not os.environ.get(variable) and not docker_available():
+        reason = f"no Docker daemon reachable and {variable} unset"
+        _record(backend, "skipped", reason)
+        if ci():
+            session.error(f"conformance({backend}) skipped under CI: {reason}")
+        session.skip(reason)
+    folder = PLUGINS[backend]
+    session.install(*TEST_TOOLS, *KIT, "-e", f"{folder}[testing]")
     session.run(
-        "pytest", f"{PLUGINS[backend]}/tests", "-v", "-rs", "--timeout=600", "--durations=15", *session.posargs
+        "pytest", f"{folder}/tests", "-v", "-rs", "--timeout=600", "--durations=15", *session.posargs
     )
+    _record(backend, "passed")
+
+
+@nox.session(python=False, default=False)
+def conformance_report(session: nox.Session) -> None:
+    """Which stores this run tested, which it skipped and how to run those (queued by conformance)."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(_REPORT_DIR.glob("*.json"))}
+    shutil.rmtree(_REPORT_DIR, ignore_errors=True)
+    by = {o: [b for b, r in records.items() if r["outcome"] == o] for o in ("passed", "skipped", "unfinished")}
+    session.log("=" * 78)
+    session.log(f"conformance: passed   {', '.join(by['passed']) or 'none'}")
+    if by["unfinished"]:
+        session.log(f"conformance: FAILED   {', '.join(by['unfinished'])} (see above)")
+    if by["skipped"]:
+        session.warn(f"conformance: SKIPPED  {', '.join(by['skipped'])}: these stores were NOT tested")
+        for backend in by["skipped"]:
+            session.warn(
+                f"  {backend}: {records[backend]['detail']}. Run it with a Docker daemon "
+                f"(nox -s 'conformance({backend})'), or against a running server: "
+                f"LEADERSHIP_TEST_{backend.upper()}_URL={backend}://HOST:PORT nox -s 'conformance({backend})'"
+            )
+    session.log("=" * 78)
+    if by["skipped"] and ci():
+        session.error(f"stores skipped under CI: {', '.join(by['skipped'])}")
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance", *PLUGINS.values(), *OBSERVERS.values())
+    tools = ["ruff>=0.5", "mypy>=1.10", "./core", "./conformance"]
+    session.install(*tools, *(f"{p}[testing]" for p in PLUGINS.values()), *OBSERVERS.values())
     session.run("ruff", "check", ".")
     sources = ["core/src", "conformance/src", *(f"{p}/src" for p in [*PLUGINS.values(), *OBSERVERS.values()])]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
@@ -83,6 +143,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Handover, follower-notification and idle-cost benchmarks (DESIGN.md §9). Args: store URL."""
-    session.install("-e", "./core", *(arg for p in PLUGINS.values() for arg in ("-e", p)))
+    """Handover, follower-notification and idle-cost benchmarks (docs/design.md). Args: store URL."""
+    plugins = (arg for p in PLUGINS.values() for arg in ("-e", f"{p}[testing]"))
+    session.install("-e", "./core", "-e", "./conformance", *plugins)
     session.run("python", "bench/bench.py", *session.posargs)

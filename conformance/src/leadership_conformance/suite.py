@@ -1,19 +1,19 @@
 """The shared conformance suite: mixin classes (not collected on their own) that a backend's
 ``tests/test_conformance.py`` combines with one fixture, ``leadership_server``::
 
-    class TestEtcdConformance(ConformanceSuite):
+    class TestMyStoreConformance(ConformanceSuite):
         ttl = 2.0
         store_slack = 0.5
 
         @pytest.fixture(scope="class")
         @classmethod
         def leadership_server(cls):
-            with server_for("etcd") as server:
+            with server_for("mystore") as server:
                 yield server
 
-The fixture returns an object with ``url`` (a store URL) and, for the fault tests, ``pause()``,
-``unpause()``, ``restart()``, ``request_count()`` and ``can_inject_faults`` — see
-:class:`leadership_conformance.servers.StoreServer`. Class attributes tune the suite to the
+The fixture returns a :class:`leadership_conformance.servers.StoreServer` (or any object with
+``url``): its ``can_inject_faults`` is the one switch of the fault tests, which use ``pause()``,
+``unpause()``, ``restart()``, and the no-herd test ``request_count()``. Class attributes tune the suite to the
 store (each documented below); a capability a store lacks is declared, never silently skipped.
 """
 
@@ -84,13 +84,12 @@ class ConformanceBase:
 
     #: The ttl the suite's candidates use (seconds); the smallest the store handles comfortably.
     ttl: ClassVar[float] = 2.0
-    #: How much later than ttl the store may expire a dead session (etcd: up to 0.5 s).
+    #: How much later than ttl the store may expire a dead session (e.g. a store that sweeps
+    #: expired sessions every 0.5 s needs 0.5).
     store_slack: ClassVar[float] = 0.5
     #: Candidates can run in separate OS processes (False for in-process stores like memory:
     #: the suite then runs them in threads, each with its own Store and event loop).
     supports_processes: ClassVar[bool] = True
-    #: The server handle can pause, unpause and restart the store.
-    supports_store_faults: ClassVar[bool] = True
     #: The server handle counts store requests (for the no-herd test).
     counts_requests: ClassVar[bool] = True
     #: ttl for the no-herd test: long, so keepalive traffic does not blur the request count.
@@ -106,6 +105,15 @@ class ConformanceBase:
     queue_settle: ClassVar[float] = 0.5
     #: Tests a backend overrides on purpose, with the reason: {"test_name": "why"}.
     overridden_tests: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supports_store_faults" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__}.supports_store_faults is no longer read: whether the fault tests run is "
+                "decided by the server handle alone, through its can_inject_faults attribute "
+                "(False for an external server); remove the class attribute"
+            )
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -336,6 +344,7 @@ class ExclusionTests(ConformanceBase):
 class ProcessFaultTests(ConformanceBase):
     """A candidate process dies or freezes."""
 
+    @pytest.mark.processes
     def test_killed_leader_replaced_within_ttl(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -350,6 +359,7 @@ class ProcessFaultTests(ConformanceBase):
         assert took <= self.ttl + self.store_slack + 0.5, f"failover took {took:.2f}s; ttl {self.ttl}s"
         assert_one_leader_at_a_time([a, b])
 
+    @pytest.mark.processes
     def test_frozen_leader_demotes_itself_on_resume(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -373,7 +383,7 @@ class FaultTests(ConformanceBase):
 
     def leader_waiter_follower(self, spawn: Callable[..., Agent], leadership_server: Any) -> tuple[Agent, Agent, Agent]:
         """Skip without fault injection; else: a leads, b waits, f follows and has seen a."""
-        if not self.supports_store_faults or not getattr(leadership_server, "can_inject_faults", False):
+        if not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("the server handle cannot inject store faults (external server)")
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -521,6 +531,7 @@ class HerdTests(ConformanceBase):
 
 
 class ManyElectionsTests(ConformanceBase):
+    #: Elections one store runs at once (all with the same ttl, so on one session).
     many_elections: ClassVar[int] = 100
 
     def test_many_elections_share_one_session(self, stores: Callable[[], leadership.Store], election_key: str) -> None:
@@ -535,8 +546,9 @@ class ManyElectionsTests(ConformanceBase):
             time.sleep(0.05)
         assert all(c.is_leader for c in candidates), "every uncontested election is won"
         assert store.session_count() == 1, "elections with the same ttl share one store session"
-        tokens = [c.term.token for c in candidates if c.term]
-        assert len(set(tokens)) == len(tokens)
+        # Tokens order the terms of one key (TokenTests); different keys may share a value
+        # (a per-key counter is a valid fencing token).
+        assert all(c.term is not None and isinstance(c.term.token, int) for c in candidates)
         for c in candidates:
             c.stop()
         assert store.session_count() == 0, "the session is released with the last election"
@@ -576,7 +588,8 @@ class ClusterFailoverTests(ConformanceBase):
     cluster_recovery_time: ClassVar[float] = 15.0
 
     def test_store_leader_killed_mid_handover(self, spawn: Callable[..., Agent], leadership_server: Any) -> None:
-        if len(getattr(leadership_server, "members", [])) < 3 or not leadership_server.can_inject_faults:
+        members = len(getattr(leadership_server, "members", []))
+        if members < 3 or not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("needs a store cluster of 3 or more members the kit can kill")
         agents = [spawn(f"c{i}") for i in range(3)]
         for agent in agents:

@@ -188,10 +188,11 @@ class RunCommandTests(ConformanceBase):
         assert [r.name for r in runs] == ["a", "b"], runs
         assert runs[0].last <= killed_at + 0.1, "a's child kept running after its supervisor was killed"
 
+    @pytest.mark.store_faults
     def test_run_store_paused_past_ttl_child_dead_before_expiry(
         self, supervisors: Callable[..., RunProcess], leadership_server: Any, tmp_path: Path
     ) -> None:
-        if not self.supports_store_faults or not getattr(leadership_server, "can_inject_faults", False):
+        if not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("the server handle cannot inject store faults (external server)")
         # The worst child: it ignores SIGTERM, and the grace is far longer than the ttl.
         a = supervisors("a", mode="ignore-term", grace=10 * self.ttl)

@@ -471,7 +471,7 @@ def test_digest_credentials_and_acls(zk_url: str, zk_server: Any) -> None:
 def test_ensemble_member_killed_session_survives() -> None:
     if os.environ.get("LEADERSHIP_TEST_ZOOKEEPER_URL"):
         pytest.skip("needs a container ensemble to kill a member (LEADERSHIP_TEST_ZOOKEEPER_URL is set)")
-    from leadership_conformance.servers import start_zookeeper
+    from leadership_zookeeper.testing import start_zookeeper
 
     server = start_zookeeper(3)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kazoo import exceptions as kz
+from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.errors import (
     AuthenticationError,

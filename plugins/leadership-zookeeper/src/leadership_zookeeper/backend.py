@@ -21,12 +21,12 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, ClassVar
 
-from kazoo import exceptions as kz
-from kazoo.client import KazooClient
-from kazoo.protocol.serialization import Connect
-from kazoo.protocol.states import EventType, KazooState, KeeperState
-from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL
+from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
+from kazoo.client import KazooClient  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.serialization import Connect  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.states import EventType, KazooState, KeeperState  # type: ignore[import-untyped,unused-ignore]
+from kazoo.retry import KazooRetry  # type: ignore[import-untyped,unused-ignore]
+from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.backend import Backend, Session, Term
 from leadership.errors import (
