@@ -94,11 +94,11 @@ class Supervisor:
         candidate = self.candidate
         assert candidate is not None
         gen, shared = candidate._gen, candidate._shared
-        if reason in ("resigned", "stopped"):
-            # Our own doing, after the command ended; a stop on a signal waits up to the grace.
-            return Loss(reason, now, now + self.o.grace)
+        # run resigns and stops only once the command is dead; a command still running meets a
+        # loss that is not our doing ("stopped": the election ended on a store error, and the
+        # entry is being withdrawn).
         if reason != "session_lost" or gen is None or shared is None or now < gen.deadline - 0.001:
-            return Loss(reason, now, now)  # the store already let go of us: another may lead now
+            return Loss(reason, now, now)  # the store let go of us, or is about to: another may lead
         # The deadline passed: the store cannot expire the session before deadline + margin.
         expiry = gen.deadline + shared._margin(gen.raw)
         return Loss(reason, now, min(now + self.o.grace, (gen.deadline + expiry) / 2), expiry)
