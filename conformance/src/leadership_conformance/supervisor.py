@@ -31,6 +31,9 @@ from .suite import ConformanceBase
 __all__ = ["RunCommandTests", "RunProcess", "child_runs"]
 
 CHILD = str(Path(__file__).with_name("_run_child.py"))
+#: How long a new process may take to start and connect (Python, plugins, a loaded CI machine):
+#: a wait that includes a process start is no latency bound.
+PROCESS_START = 30.0
 LEADERSHIP = [sys.executable, "-m", "leadership"]
 
 
@@ -160,7 +163,7 @@ class RunCommandTests(ConformanceBase):
     ) -> None:
         a = supervisors("a", seconds=0.5, on_exit="resign")
         b = supervisors("b", seconds=0.5, on_exit="resign")
-        deadline = time.monotonic() + 4 * self.handover_timeout + 10
+        deadline = time.monotonic() + 4 * self.handover_timeout + PROCESS_START
         while time.monotonic() < deadline and len(child_runs(tmp_path / "children")) < 5:
             time.sleep(0.1)
         a.close()
@@ -175,9 +178,9 @@ class RunCommandTests(ConformanceBase):
         self, supervisors: Callable[..., RunProcess], tmp_path: Path
     ) -> None:
         a = supervisors("a")
-        a.wait_event("started", self.handover_timeout)
+        a.wait_event("started", self.handover_timeout + PROCESS_START)
         b = supervisors("b")
-        b.wait_event("campaigning", self.handover_timeout)
+        b.wait_event("campaigning", PROCESS_START)
         time.sleep(self.queue_settle)
         killed_at = time.monotonic()
         a.proc.kill()
@@ -196,19 +199,21 @@ class RunCommandTests(ConformanceBase):
             pytest.skip("the server handle cannot inject store faults (external server)")
         # The worst child: it ignores SIGTERM, and the grace is far longer than the ttl.
         a = supervisors("a", mode="ignore-term", grace=10 * self.ttl)
-        a.wait_event("started", self.handover_timeout)
+        a.wait_event("started", self.handover_timeout + PROCESS_START)
         b = supervisors("b", mode="ignore-term", grace=10 * self.ttl)
-        b.wait_event("campaigning", self.handover_timeout)
+        b.wait_event("campaigning", PROCESS_START)
         time.sleep(self.queue_settle)
         paused_at = time.monotonic()
         leadership_server.pause()
         try:
-            stopped = a.wait_event("stopped", self.ttl + 2)
-            dead_at = time.monotonic()
+            stopped = a.wait_event("stopped", self.ttl + PROCESS_START)
             time.sleep(max(0.0, paused_at + self.ttl + 0.5 - time.monotonic()))
         finally:
             leadership_server.unpause()
-        assert dead_at - paused_at < self.ttl, "a's child outlived the ttl"
+        # The store could expire a's session ttl after its last confirmed refresh, which was
+        # before the pause: a's child must not have run past that.
+        a_child = child_runs(tmp_path / "children")[0]
+        assert a_child.name == "a" and a_child.last < paused_at + self.ttl, "a's child outlived the ttl"
         assert stopped["killed"] and stopped["reason"] == "session_lost", stopped
         # SIGKILL went out at the bound; the child was dead before the store could expire the session.
         assert stopped["loss_to_dead"] < stopped["store_expiry"], stopped
@@ -229,7 +234,7 @@ class RunCommandTests(ConformanceBase):
         log = tmp_path / "children"
         run = RunProcess(store_url, election_key, "a", self.ttl, log, seconds=0.2, status=3)
         try:
-            assert run.proc.wait(self.handover_timeout + 30) == 3
+            assert run.proc.wait(self.handover_timeout + PROCESS_START) == 3
         finally:
             run.close()
         # Released when run exited, not left to expire.
@@ -245,7 +250,7 @@ class RunCommandTests(ConformanceBase):
             pytest.skip("an in-process store cannot be shared by 'leadership run' processes")
         run = RunProcess(store_url, election_key, "a", self.ttl, tmp_path / "children")
         try:
-            run.wait_event("started", self.handover_timeout)
+            run.wait_event("started", self.handover_timeout + PROCESS_START)
             time.sleep(0.2)
             run.proc.send_signal(signal.SIGTERM)
             assert run.proc.wait(30) == 42  # the child's status on SIGTERM
@@ -298,7 +303,11 @@ class RunCommandTests(ConformanceBase):
         tokens = [int(words[-1].rstrip(")")) for words in elected]
         assert tokens == sorted(tokens), result.stdout
         assert "CRASHES" in result.stdout and "demo finished" in result.stdout
-        assert took < duration + 8, f"a {duration:g}s demo took {took:.1f}s"
+        # From the command's start (asking the store for a ttl included) to its end; the process
+        # start before it is the machine's, not the demo's.
+        inside = float(result.stdout.split("demo finished (")[1].split("s in all)")[0])
+        assert inside < duration + 6, f"a {duration:g}s demo took {inside:.1f}s"
+        assert took < duration + PROCESS_START
 
     def test_testing_crash_ends_the_session(self, stores: Callable[[], leadership.Store], election_key: str) -> None:
         """``leadership.testing.crash`` must leave nothing refreshing the session (no client thread
