@@ -8,8 +8,12 @@ Two guards, because neither covers everything alone:
   ``prctl`` call;
 * a tiny watchdog process, started before the first command, holds the read end of a pipe only
   ``run`` writes to; when ``run`` dies the pipe reads end-of-file and the watchdog kills the
-  command's whole group (grandchildren a shell or a
-  worker pool started, which the death signal does not reach).
+  command's whole group (grandchildren a shell or a worker pool started, which the death signal
+  does not reach).
+
+Both are set up by a small launcher that ``run`` starts in the command's place and that then
+execs the command: not by a ``preexec_fn``, whose Python code between fork and exec crashed the
+child (SIGSEGV) while gRPC threads (the etcd backend's) were busy in ``run``.
 
 A *frozen* ``run`` (SIGSTOP, a stalled VM) kills nothing: its child keeps running while the store
 may elect someone else. The child's defence is ``LEADERSHIP_TOKEN``: hand it to every downstream
@@ -20,22 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-#: From <linux/prctl.h>.
-PR_SET_PDEATHSIG = 1
-
-_libc: ctypes.CDLL | None = None
+# Runs as its own process (no fork hazards), in the command's new process group: sets the death
+# signal, registers the group with the watchdog, then becomes the command.
+_LAUNCHER = """\
+import os, signal, sys
+parent, watchdog, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 if sys.platform.startswith("linux"):
-    # Loaded here, in the parent: the child between fork and exec must not load libraries.
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(None, use_errno=True)
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:  # run died before the death signal was set
+    os._exit(128 + signal.SIGKILL)
+os.write(watchdog, b"+%d\\n" % os.getpid())
+os.close(watchdog)
+try:
+    os.execvp(command[0], command)
+except OSError as exc:
+    sys.stderr.write("leadership run: cannot start %s: %s\\n" % (command[0], exc))
+    os._exit(127)
+"""
 
 # Ignores the signals a terminal or an init system sends to run's whole group: only the end of
 # run (end-of-file on its pipe) ends it. Reads "+PGID" and "-PGID" lines: the groups to kill.
@@ -102,20 +116,6 @@ class Watchdog:
             self._proc = None
 
 
-def _preexec(parent: int, watchdog: int) -> Callable[[], None]:
-    def setup() -> None:  # runs in the child between fork and exec: system calls only
-        os.setpgid(0, 0)
-        # The child registers its own group before it execs: no window in which the command
-        # could start processes the watchdog does not know of. (The pipe is close-on-exec.)
-        os.write(watchdog, b"+%d\n" % os.getpid())
-        if _libc is not None:
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # run died before prctl took effect
-            os._exit(128 + signal.SIGKILL)
-
-    return setup
-
-
 def exit_status(returncode: int) -> int:
     """A shell's convention: 128 + N for a process killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -133,8 +133,10 @@ class Child:
 
     @classmethod
     async def start(cls, command: Sequence[str], env: Mapping[str, str], watchdog: Watchdog) -> Child:
-        setup = _preexec(os.getpid(), watchdog.fd)
-        proc = await asyncio.create_subprocess_exec(*command, env=dict(env), preexec_fn=setup)
+        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), str(watchdog.fd)]
+        proc = await asyncio.create_subprocess_exec(
+            *launcher, *command, env=dict(env), pass_fds=(watchdog.fd,), start_new_session=True
+        )
         return cls(proc, watchdog)
 
     @property
@@ -172,3 +174,55 @@ class Child:
         if self._watchdog is not None:
             self._watchdog.release(self.pgid)
             self._watchdog = None
+
+
+class KillSwitch:
+    """SIGKILLs a process group at a set monotonic time, from a thread of its own.
+
+    ``run`` arms it while its command runs with the moment the command must be dead if no
+    refresh confirms the session again (re-armed after each confirmed refresh), so the kill does
+    not wait for the event loop to notice the loss: a loop slowed by load or a long callback
+    still kills in time. Only a stopped process (SIGSTOP) stops it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._target: tuple[int, float] | None = None
+        self._closed = False
+        self.fired_at: float | None = None
+        self._thread = threading.Thread(target=self._main, name="leadership-run-killswitch", daemon=True)
+        self._thread.start()
+
+    def arm(self, pgid: int, at: float) -> None:
+        with self._cond:
+            self._target = (pgid, at)
+            self.fired_at = None
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._target = None
+            self.fired_at = None
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _main(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._target is None:
+                    self._cond.wait()
+                    continue
+                pgid, at = self._target
+                delay = at - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                self.fired_at = time.monotonic()
+                self._target = None

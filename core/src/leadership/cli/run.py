@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import aio
+from .._session import Generation
 from ..candidate import AsyncCandidate
 from ..errors import LeadershipError
 from ..plugins import default_plugin_manager, hookimpl
-from ._child import Child, Watchdog
+from ._child import Child, KillSwitch, Watchdog
 from ._common import EXIT_ERROR, Reporter
 
 __all__ = ["RunOptions", "Supervisor"]
@@ -81,6 +82,9 @@ class Supervisor:
         self.stream_done = False
         self.signalled = asyncio.Event()
         self.signum = 0
+        #: The running command, and the session generation it was started on.
+        self.child: Child | None = None
+        self.leading_on: Generation | None = None
 
     # -- the core's reports -------------------------------------------------------------------
     @hookimpl
@@ -89,6 +93,24 @@ class Supervisor:
         read the session deadline the demotion was computed from."""
         if key == self.o.key and name == self.o.name and self.candidate is not None:
             self.loss = self._loss(reason, time.monotonic())
+
+    @hookimpl
+    def leadership_session_refreshed(self, ttl: float, duration: float, store: str) -> None:
+        # Called before the core extends the deadline: re-arm once it has.
+        if self.child is not None:
+            asyncio.get_running_loop().call_soon(self._arm)
+
+    def _arm(self) -> None:
+        """Arm the kill switch with the moment the command must be dead if the session is not
+        confirmed again: half-way between the demotion deadline and the store's earliest expiry
+        (the same moment the loss path computes)."""
+        candidate, child, gen = self.candidate, self.child, self.leading_on
+        if candidate is None or child is None or gen is None or candidate._shared is None:
+            return
+        if candidate._gen is not gen or not gen.alive():
+            return  # lost: the loss path takes over
+        margin = candidate._shared._margin(gen.raw)
+        self.killswitch.arm(child.pgid, gen.deadline + margin / 2)
 
     def _loss(self, reason: str, now: float) -> Loss:
         candidate = self.candidate
@@ -131,6 +153,7 @@ class Supervisor:
         pm = default_plugin_manager()
         pm.register(self, name="leadership-run")
         self.watchdog = Watchdog()
+        self.killswitch = KillSwitch()
         try:
             store = await aio.connect(self.o.store, plugin_manager=pm, safety_margin=self.o.safety_margin)
             try:
@@ -146,6 +169,7 @@ class Supervisor:
             finally:
                 await store.close()
         finally:
+            self.killswitch.close()
             self.watchdog.close()
             pm.unregister(self)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -209,17 +233,17 @@ class Supervisor:
             self.say(
                 "started", f"started {self.o.command[0]} (pid {child.pid}, token {token})", pid=child.pid, token=token
             )
-            waiting = asyncio.ensure_future(child.proc.wait())
-            await self._first(asyncio.shield(waiting), self.lost.wait(), self.signalled.wait())
-            if self.lost.is_set() and not waiting.done():
-                await self._stop_on_loss(child)
-                waiting.cancel()
-                if self.stream_done:
-                    return self._stream_ended()
+            self.child, self.leading_on, self.loss = child, candidate._gen, None
+            self._arm()
+            try:
+                outcome, status = await self._watch_child(child)
+            finally:
+                self.child = None
+                self.killswitch.disarm()
+            if outcome == "lost":
                 return None
-            if self.signalled.is_set() and not waiting.done():
-                return await self._stop_on_signal(child)
-            status = await child.wait()
+            if outcome == "end":
+                return status
             self.say("exited", f"{self.o.command[0]} exited with status {status}", pid=child.pid, status=status)
             if self.o.on_exit == "exit":
                 return status
@@ -235,6 +259,20 @@ class Supervisor:
             if self.lost.is_set() or not candidate.is_leader:
                 return None
 
+    async def _watch_child(self, child: Child) -> tuple[str, int]:
+        """Until the command ends: ("exited", its status) when it ended by itself, ("end", run's
+        exit status) on a signal or when the election ended, ("lost", 0) to campaign again."""
+        waiting = asyncio.ensure_future(child.proc.wait())
+        await self._first(asyncio.shield(waiting), self.lost.wait(), self.signalled.wait())
+        # The kill switch may have acted before this loop saw the loss: a loss all the same.
+        if self.killswitch.fired_at is not None or (self.lost.is_set() and not waiting.done()):
+            await self._stop_on_loss(child)
+            waiting.cancel()
+            return ("end", self._stream_ended()) if self.stream_done else ("lost", 0)
+        if self.signalled.is_set() and not waiting.done():
+            return "end", await self._stop_on_signal(child)
+        return "exited", await child.wait()
+
     async def _stop_on_loss(self, child: Child) -> None:
         loss = self.loss or Loss("stopped", time.monotonic(), time.monotonic())
         self.say(
@@ -248,6 +286,7 @@ class Supervisor:
         )
         status, killed = await child.stop(loss.kill_by)
         dead = time.monotonic()
+        killed = killed or self.killswitch.fired_at is not None
         self.say(
             "stopped",
             f"{self.o.command[0]} (pid {child.pid}) is dead {1000 * (dead - loss.at):.1f} ms after the loss"
