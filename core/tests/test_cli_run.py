@@ -283,6 +283,12 @@ def test_session_lost_kills_the_child_before_the_store_could_let_another_win(
     assert stopped["killed"] is True and stopped["reason"] == "session_lost"
     # The child ignored SIGTERM: it got SIGKILL within the bound (half the safety margin of
     # 0.1 s for a 1 s ttl), not after the 30 s grace.
+    with capsys.disabled():
+        print(
+            f"\nleadership run on memory: child dead {1000 * stopped['loss_to_dead']:.1f} ms after the loss; "
+            f"SIGKILL due at {1000 * stopped['bound']:.1f} ms, store expiry at the earliest "
+            f"{1000 * stopped['store_expiry']:.1f} ms"
+        )
     assert stopped["loss_to_dead"] < stopped["store_expiry"], stopped
     assert stopped["bound"] <= 0.05 + 0.01, stopped  # half the 0.1 s safety margin
     # ... and the whole thing happened before the store could have expired the session.
