@@ -1,9 +1,13 @@
-"""Development sessions. ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench``.
+"""Development sessions: ``nox -s demo`` | ``tests`` | ``conformance`` | ``lint`` | ``bench`` |
+``build`` | ``docs`` | ``faults``.
 
 Backends are found, not listed: every ``plugins/*`` folder with a ``pyproject.toml`` is one, and
-its conformance session is named by the URL scheme it registers for the kit's test servers
+so is every ``examples/*`` one (third-party style plugins, installed from their folder); its
+conformance session is named by the URL scheme it registers for the kit's test servers
 (``[project.entry-points."leadership_conformance.servers"]``), e.g. ``nox -s "conformance(NAME)"``.
-A store's server comes from Docker, or from ``LEADERSHIP_TEST_<SCHEME>_URL`` (conformance/README.md).
+A store's server comes from Docker, or from ``LEADERSHIP_TEST_<SCHEME>_URL`` (conformance/README.md);
+a plugin whose test server needs no Docker says so in its pyproject:
+``[tool.leadership-conformance] needs-docker = false``.
 After the conformance sessions, ``conformance_report`` says which stores ran and which were
 skipped; under ``CI=true`` (or ``LEADERSHIP_REQUIRE_DOCKER=1``) a skipped store fails the run.
 """
@@ -41,9 +45,15 @@ def _discover(pattern: str) -> dict[str, str]:
     return found
 
 
+def _needs_docker(folder: str) -> bool:
+    settings = nox.project.load_toml(ROOT / folder / "pyproject.toml").get("tool", {})
+    return bool(settings.get("leadership-conformance", {}).get("needs-docker", True))
+
+
 #: Plugins that observe elections (no store): unit-tested with the core, on the memory store.
 OBSERVERS = {"prometheus": "plugins/leadership-prometheus"}
 PLUGINS = {scheme: folder for scheme, folder in _discover("plugins/*").items() if folder not in OBSERVERS.values()}
+EXAMPLES = _discover("examples/*")
 _REPORT_DIR = ROOT / ".nox" / "_conformance" / str(os.getpid())
 
 
@@ -82,7 +92,7 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS]])
+@nox.parametrize("backend", [nox.param(b, id=b) for b in ["memory", *PLUGINS, *EXAMPLES]])
 def conformance(session: nox.Session, backend: str) -> None:
     """The shared conformance suite against a real store (memory needs none), and the store's
     plugin tests; for memory, the kit's own tests."""
@@ -93,15 +103,17 @@ def conformance(session: nox.Session, backend: str) -> None:
         session.run("pytest", "conformance/tests", "-v", "-rs", "--timeout=300", *session.posargs)
         _record(backend, "passed")
         return
+    folder = PLUGINS.get(backend) or EXAMPLES[backend]
     variable = f"LEADERSHIP_TEST_{backend.upper()}_URL"
-    if not os.environ.get(variable) and not docker_available():
+    if _needs_docker(folder) and not os.environ.get(variable) and not docker_available():
         reason = f"no Docker daemon reachable and {variable} unset"
         _record(backend, "skipped", reason)
         if ci():
             session.error(f"conformance({backend}) skipped under CI: {reason}")
         session.skip(reason)
-    folder = PLUGINS[backend]
-    session.install(*TEST_TOOLS, *KIT, "-e", f"{folder}[testing]")
+    # An example is installed as a third party's plugin would be: built from its own folder.
+    plugin = ["-e", f"{folder}[testing]"] if backend in PLUGINS else [f"./{folder}[testing]"]
+    session.install(*TEST_TOOLS, *KIT, *plugin)
     session.run(
         "pytest", f"{folder}/tests", "-v", "-rs", "--timeout=600", "--durations=15", *session.posargs
     )
@@ -134,10 +146,11 @@ def conformance_report(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
-    tools = ["ruff>=0.5", "mypy>=1.10", "./core", "./conformance"]
-    session.install(*tools, *(f"{p}[testing]" for p in PLUGINS.values()), *OBSERVERS.values())
+    folders = [*PLUGINS.values(), *EXAMPLES.values()]
+    tools = ["ruff>=0.5", "mypy>=1.10", "./core", "./conformance[faults]"]
+    session.install(*tools, *(f"./{p}[testing]" for p in folders), *OBSERVERS.values())
     session.run("ruff", "check", ".")
-    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in [*PLUGINS.values(), *OBSERVERS.values()])]
+    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in [*folders, *OBSERVERS.values()])]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
 
 
@@ -147,3 +160,55 @@ def bench(session: nox.Session) -> None:
     plugins = (arg for p in PLUGINS.values() for arg in ("-e", f"{p}[testing]"))
     session.install("-e", "./core", "-e", "./conformance", *plugins)
     session.run("python", "bench/bench.py", *session.posargs)
+
+
+def distributions() -> list[str]:
+    """Every distribution's folder: core, the kit, and each plugin — the backends discovered above
+    and any other ``plugins/*`` folder with a ``pyproject.toml`` (an observer plugin has no store
+    to test, but it is released all the same). ``examples/*`` are third-party style: not ours to
+    release."""
+    folders = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("plugins/*/pyproject.toml")}
+    return ["core", "conformance", *sorted(folders | set(PLUGINS.values()))]
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist + wheel of every distribution into dist/, ``twine check --strict``, versions and pins checked."""
+    session.install("build>=1.2", "twine>=6.1", "packaging>=24")
+    shutil.rmtree("dist", ignore_errors=True)
+    folders = distributions()
+    for folder in folders:
+        # Without --sdist/--wheel, build makes the sdist and then the wheel from that sdist: the
+        # proof that each sdist builds on its own, away from the repo's other folders.
+        session.run("python", "-m", "build", "--quiet", "--outdir", "dist", folder)
+    session.run("twine", "check", "--strict", *sorted(str(p) for p in Path("dist").iterdir()))
+    session.run("python", ".ci/check_dists.py", "dist", *folders)
+    for path in sorted(Path("dist").iterdir()):
+        session.log(f"{path.name}: {path.stat().st_size / 1024:.1f} KiB")
+
+
+DOCS_TOOLS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "ruff>=0.5"]
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site into site/, strictly: any warning or an undocumented public name fails."""
+    session.install(*DOCS_TOOLS)
+    # mkdocstrings reads the sources (core/src, conformance/src) statically: nothing to install.
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("python", ".ci/check_api_docs.py", "site")
+    session.log(f"site/: {sum(1 for _ in Path('site').rglob('index.html'))} pages")
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """A seeded random fault campaign against one store, with the history checker and a timeline
+    PNG. Args: <scheme> [--duration S] [--seed N] [--cluster] [--out DIR]."""
+    usage = f"usage: nox -s faults -- <{'|'.join(PLUGINS)}> [--duration S] [--seed N] [--cluster]"
+    if not session.posargs or session.posargs[0] not in PLUGINS:
+        session.error(usage)
+    backend = session.posargs[0]
+    if not docker_available() and not os.environ.get(f"LEADERSHIP_TEST_{backend.upper()}_URL"):
+        session.error(f"faults({backend}) needs Docker, or LEADERSHIP_TEST_{backend.upper()}_URL (no store faults)")
+    session.install(*TEST_TOOLS, "-e", "./core", "-e", "./conformance[faults]", "-e", f"{PLUGINS[backend]}[testing]")
+    session.run("python", "-m", "leadership_conformance.faults", *session.posargs)

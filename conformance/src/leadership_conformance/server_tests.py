@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+import leadership
+
 from .servers import (
     PROBE_ERRORS,
     FaultInjectionUnavailable,
@@ -134,6 +136,22 @@ class StoreServerTests:
             s.check_serving(member)
         with pytest.raises(RuntimeError, match="stopped"):
             s.restart()
+
+    def test_leftovers_lists_what_a_live_candidate_holds(self, server: StoreServer) -> None:
+        key = f"leftovers/{uuid.uuid4().hex[:8]}"
+        if server.leftovers(key) is None:
+            pytest.skip(f"{type(server).__name__}.leftovers() cannot tell what the store holds")
+        assert server.leftovers(key) == [], "nothing is held before any candidate runs"
+        with leadership.connect(server.url) as store:
+            ttl = max(2.0, type(store.aio.backend).min_ttl)
+            candidate = leadership.Candidate(store, key, "x", ttl=ttl)
+            candidate.run_for_election()
+            candidate.wait_elected(30)
+            held = server.leftovers(key)
+            assert held, "a leading candidate's entry (and its session or lease) must be listed"
+            candidate.stop()
+        # Closing the store released the entry and the session: nothing is left.
+        wait_until(lambda: server.leftovers(key) == [], 15, f"leftovers({key!r}) to be empty after stop")
 
     @pytest.mark.cluster
     def test_cluster_survives_losing_its_leader(self) -> None:

@@ -53,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The entry-point group through which a plugin registers its server handle class.
 ENTRY_POINT_GROUP = "leadership_conformance.servers"
+"""The entry-point group through which a plugin registers its server handle class."""
 ENV_PREFIX = "LEADERSHIP_TEST_"
 #: Client-side timeout of one probe (health check, metrics read).
 PROBE_TIMEOUT = 2.0
@@ -136,6 +136,11 @@ class Member:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def container(self) -> Any:
+        """The earlier name of :attr:`handle` (a container handle's ``DockerContainer``)."""
+        return self.handle
 
 
 class StoreServer:
@@ -276,6 +281,13 @@ class StoreServer:
     def logs(self) -> str:
         """Every member's log (for debugging a failed test); "" when the handle has none."""
         return "".join(self._logs_for_error(m, lines=10_000) for m in self.members)
+
+    def leftovers(self, prefix: str) -> list[str] | None:
+        """What the store still holds for election keys containing ``prefix`` (entries), and
+        the sessions or leases still alive, each described in a string; None if this handle
+        cannot tell. The fault campaign requires it empty once every agent stopped. Optional:
+        the default cannot tell."""
+        return None
 
     def request_count(self) -> int | None:
         """Client requests the store has handled since it started, summed over members and

@@ -19,7 +19,6 @@ store (each documented below); a capability a store lacks is declared, never sil
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import statistics
@@ -33,6 +32,7 @@ import pytest
 
 import leadership
 from leadership import ConfigurationError, InvalidArgumentError, InvalidTTLError
+from leadership.testing import dispose
 
 from .agents import Agent, ProcessAgent, ThreadAgent
 
@@ -47,6 +47,7 @@ __all__ = [
     "FollowerTests",
     "HerdTests",
     "ManyElectionsTests",
+    "PartitionTests",
     "ProcessFaultTests",
     "TokenTests",
 ]
@@ -71,6 +72,7 @@ def leader_intervals(agents: list[Agent]) -> list[tuple[float, float, str]]:
 
 
 def assert_one_leader_at_a_time(agents: list[Agent]) -> None:
+    """Fail if the agents' leadership intervals (from their hook events) overlap anywhere."""
     intervals = leader_intervals(agents)
     for (s1, e1, a1), (s2, _, a2) in itertools.pairwise(intervals):
         assert s2 >= e1, (
@@ -84,8 +86,9 @@ class ConformanceBase:
 
     #: The ttl the suite's candidates use (seconds); the smallest the store handles comfortably.
     ttl: ClassVar[float] = 2.0
-    #: How much later than ttl the store may expire a dead session (e.g. a store that sweeps
-    #: expired sessions every 0.5 s needs 0.5).
+    #: How much later than ttl a crashed leader's successor may be elected: how late the store
+    #: expires a dead session (etcd: its 0.5 s lease-expiry rounds; ZooKeeper: one tickTime) plus
+    #: the successor's wake-up. The crash test asserts failover <= ttl + store_slack.
     store_slack: ClassVar[float] = 0.5
     #: Candidates can run in separate OS processes (False for in-process stores like memory:
     #: the suite then runs them in threads, each with its own Store and event loop).
@@ -143,11 +146,7 @@ class ConformanceBase:
 
         yield make
         for store in opened:
-            if store._runner.frozen:
-                store._runner.thaw()
-                store._closed = False
-            with contextlib.suppress(Exception):
-                store.close()
+            dispose(store)
 
     @pytest.fixture
     def spawn(self, store_url: str, election_key: str) -> Iterator[Callable[..., Agent]]:
@@ -183,6 +182,8 @@ class ConformanceBase:
 
 
 class CandidateTests(ConformanceBase):
+    """The candidate stream: False first, True when elected, False on resign; resign and stop."""
+
     def test_stream_starts_false_then_true(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -249,6 +250,8 @@ class CandidateTests(ConformanceBase):
 
 
 class FollowerTests(ConformanceBase):
+    """Followers see the current leader at start and every change, without duplicates."""
+
     def test_follower_sees_current_leader_and_changes(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -302,6 +305,8 @@ class FollowerTests(ConformanceBase):
 
 
 class TokenTests(ConformanceBase):
+    """Fencing tokens strictly increase across successive terms of a key."""
+
     def test_tokens_strictly_increase_across_terms(self, spawn: Callable[..., Agent]) -> None:
         a, b = spawn("a"), spawn("b")
         tokens = []
@@ -318,6 +323,8 @@ class TokenTests(ConformanceBase):
 
 
 class ExclusionTests(ConformanceBase):
+    """Exactly one leader at any instant through many handovers."""
+
     def test_exactly_one_leader_through_many_handovers(self, spawn: Callable[..., Agent]) -> None:
         agents = [spawn(f"c{i}") for i in range(3)]
         for agent in agents:
@@ -356,7 +363,11 @@ class ProcessFaultTests(ConformanceBase):
         a._record({"t": t0, "event": "killed"})
         event = b.wait_elected(True, self.ttl + self.store_slack + 5)
         took = event["t"] - t0
-        assert took <= self.ttl + self.store_slack + 0.5, f"failover took {took:.2f}s; ttl {self.ttl}s"
+        print(f"crash failover {took:.3f}s = {took / self.ttl:.2f} x ttl {self.ttl:g}s (bound +{self.store_slack:g}s)")
+        # The bound the README documents per store: ttl plus the store's expiry slack.
+        assert took <= self.ttl + self.store_slack, (
+            f"failover took {took:.2f}s; the documented bound is ttl {self.ttl:g}s + {self.store_slack:g}s"
+        )
         assert_one_leader_at_a_time([a, b])
 
     @pytest.mark.processes
@@ -487,6 +498,8 @@ def _first_elected(marks: Mapping[Agent, int], timeout: float) -> Agent | None:
 
 
 class HerdTests(ConformanceBase):
+    """A handover costs the store no more requests with many candidates waiting than with one."""
+
     def _handover_requests(self, server: Any, stores: Callable[[], leadership.Store], key: str, waiters: int) -> int:
         ttl = self.herd_ttl or self.ttl
         candidates = []
@@ -531,6 +544,8 @@ class HerdTests(ConformanceBase):
 
 
 class ManyElectionsTests(ConformanceBase):
+    """Many elections on one store connection share one session."""
+
     #: Elections one store runs at once (all with the same ttl, so on one session).
     many_elections: ClassVar[int] = 100
 
@@ -555,6 +570,8 @@ class ManyElectionsTests(ConformanceBase):
 
 
 class BadInputTests(ConformanceBase):
+    """Bad keys, names, ttls, URL options and schemes raise at the call that received them."""
+
     def test_bad_input_raises_at_the_call(self, stores: Callable[[], leadership.Store], store_url: str) -> None:
         store = stores()
         backend = type(store.aio.backend)
@@ -621,8 +638,9 @@ class ClusterFailoverTests(ConformanceBase):
         assert not any(x.errors() for x in [*agents, f])
 
 
-# Here, not at the top: the supervisor tests build on ConformanceBase, defined above.
-from .supervisor import RunCommandTests  # noqa: E402
+from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+from .supervisor import RunCommandTests  # noqa: E402 - it builds on ConformanceBase above
+from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
 
 
 class ConformanceSuite(
@@ -635,6 +653,8 @@ class ConformanceSuite(
     HerdTests,
     ManyElectionsTests,
     BadInputTests,
+    PartitionTests,
+    UnreachableStoreTests,
     RunCommandTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""

@@ -509,3 +509,28 @@ def test_ensemble_member_killed_session_survives() -> None:
         run(main())
     finally:
         server.stop()
+
+
+def test_connection_down_again_before_the_session_is_adopted(zk_url: str) -> None:
+    """Regression: under CPU starvation a new client's connection can drop between its CONNECTED
+    notice and the loop reading it; ``client.client_id`` is then None and reading its session id
+    from it raised TypeError ('NoneType' object is not subscriptable), which ended the user's
+    stream. The session id now comes from the handshake, and the session recovers or is lost."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            client, handshake = await backend._connect(TTL)
+            client._call(_CONNECTION_DROP, client.handler.async_result())
+            await until(lambda: _done(not client.connected))
+            assert client.client_id is None, "the window of the race: connected once, down now"
+            assert handshake is not None
+            s = await backend._adopt(client, TTL, handshake)
+            assert s.session_id == handshake[1] and s.id.startswith("0x")
+            # kazoo reconnects to the same session: it is confirmed and usable.
+            await until(lambda: _done(client.connected))
+            await s.refresh()
+            term = await asyncio.wait_for(backend.campaign(s, "race", "a"), WAIT)
+            assert term.leader == "a"
+            await s.close()
+
+    run(main())

@@ -28,7 +28,7 @@ from leadership_conformance.containers import (
 )
 from leadership_conformance.servers import Member
 
-__all__ = ["CONSUL_IMAGE", "ConsulServer", "start_consul"]
+__all__ = ["CONSUL_IMAGE", "ConsulServer", "start_consul", "start_consul_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +79,42 @@ class ConsulServer(ContainerServer):
                 total += value
         return int(total) if seen else None
 
+    #: In a cluster: member index -> its raft server port (``/v1/status/leader`` names the
+    #: leader by that address). Empty for a single server agent.
+    server_ports: dict[int, int]
+
     def is_leader(self, member: Member) -> bool:
-        # One server agent: it leads whenever a leader exists.
         status, body = http_request(member.host, member.port, "GET", "/v1/status/leader")
-        return status == 200 and body.strip() not in (b"", b'""')
+        leader = body.strip().strip(b'"').decode()
+        if status != 200 or not leader:
+            return False
+        ports = getattr(self, "server_ports", {})
+        if not ports:
+            return True  # one server agent: it leads whenever a leader exists
+        port = ports.get(member.index)  # None: the client agent, never the leader
+        return port is not None and leader.rpartition(":")[2] == str(port)
+
+    def leftovers(self, prefix: str) -> list[str] | None:
+        """KV keys containing ``prefix`` and every session still alive."""
+        member = next((m for m in reversed(self.members) if m.running), None)  # the client agent first
+        if member is None:
+            return None
+        status, body = http_request(member.host, member.port, "GET", "/v1/kv/?keys")
+        if status not in (200, 404):
+            raise RuntimeError(f"/v1/kv/?keys answered {status}: {body[:200]!r}")
+        keys = [k for k in (json.loads(body) if status == 200 else []) if prefix in k]
+        status, body = http_request(member.host, member.port, "GET", "/v1/session/list")
+        if status != 200:
+            raise RuntimeError(f"/v1/session/list answered {status}: {body[:200]!r}")
+        sessions = [f"session {s.get('ID')} ({s.get('Name', '')})" for s in json.loads(body)]
+        return [f"key {k}" for k in keys] + sessions
 
     @classmethod
     def start(cls, members: int = 1) -> ConsulServer:
-        """One server agent: the kit runs no Consul cluster."""
-        if members != 1:
-            raise ValueError("the Consul test server is a single server agent; members must be 1")
-        return start_consul()
+        """One server agent, or ``members`` (3 or more) servers and a client agent."""
+        if members == 1:
+            return start_consul()
+        return start_consul_cluster(members)
 
 
 _CONSUL_VERSIONS: dict[str, tuple[int, int]] = {}
@@ -148,5 +173,59 @@ def start_consul(dev: bool = False) -> ConsulServer:
             ]
         )
         return start_containers(ConsulServer([Member(0, node, "127.0.0.1", http_port, c)]), 8500)
+
+    return with_port_retry(start)
+
+
+def start_consul_cluster(servers: int = 3) -> ConsulServer:
+    """``servers`` Consul server agents and one client agent, as Consul is deployed: the
+    application talks to its local (client) agent, which forwards to the servers' raft leader.
+
+    ``url`` names the client agent (a consul:// URL names exactly one agent); ``members`` are the
+    servers (indexes 0 to servers-1, so ``leader_member()``, ``kill_member()`` and
+    ``start_member()`` act on them) followed by the client agent, which is never the leader.
+    Host networking only: every agent on its own free 127.0.0.1 ports."""
+    if servers < 3:
+        raise ValueError(f"a Consul cluster needs at least 3 servers (a quorum survives one loss), got {servers}")
+    if not host_network():
+        raise ValueError("the Consul cluster runs with host networking only: set LEADERSHIP_TEST_NETWORK=host")
+    image_name = image("consul", CONSUL_IMAGE)
+    version = _consul_version(image_name)
+
+    def start() -> ConsulServer:
+        prefix = unique_name("consul")
+        ports = free_ports(5 * (servers + 1))
+        agents = [ports[5 * i : 5 * i + 5] for i in range(servers + 1)]
+        join = [f"-retry-join=127.0.0.1:{a[1]}" for a in agents[:servers]]
+        members: list[Member] = []
+        server_ports: dict[int, int] = {}
+        for i, (http_port, serf_lan, serf_wan, server_port, grpc_tls_port) in enumerate(agents):
+            is_server = i < servers
+            node = f"leadership-test-{i}" if is_server else "leadership-test-client"
+            c = container(image_name, f"{prefix}-{i}", True)
+            hcl_ports = f"http = {http_port}, serf_lan = {serf_lan}, serf_wan = {serf_wan}, server = {server_port}"
+            if version >= (1, 14):
+                hcl_ports += f", grpc_tls = {grpc_tls_port}"
+            hcl_ports += ", dns = -1, grpc = -1"
+            mode = ["-server", f"-bootstrap-expect={servers}", "-hcl=performance { raft_multiplier = 1 }"]
+            c.with_command(
+                [
+                    "agent",
+                    *(mode if is_server else []),
+                    f"-node={node}",
+                    "-bind=127.0.0.1",
+                    "-client=127.0.0.1",
+                    *join,
+                    "-log-level=info",
+                    f"-hcl=ports {{ {hcl_ports} }}",
+                    '-hcl=telemetry { prometheus_retention_time = "24h" }',
+                ]
+            )
+            members.append(Member(i, node, "127.0.0.1", http_port, c))
+            if is_server:
+                server_ports[i] = server_port
+        server = ConsulServer(members, url=f"consul://127.0.0.1:{agents[-1][0]}")
+        server.server_ports = server_ports
+        return start_containers(server, 8500)
 
     return with_port_retry(start)

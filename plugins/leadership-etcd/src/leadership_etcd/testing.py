@@ -9,6 +9,7 @@ code starts it or the look-alike the project's CI builds; ``LEADERSHIP_TEST_ETCD
 
 from __future__ import annotations
 
+import base64
 import json
 
 from leadership_conformance.containers import (
@@ -58,6 +59,23 @@ class EtcdServer(ContainerServer):
 
     def is_leader(self, member: Member) -> bool:
         return any(name == "etcd_server_is_leader" and v == 1 for name, _, v in self._metrics(member))
+
+    def leftovers(self, prefix: str) -> list[str] | None:
+        """Keys containing ``prefix`` and every lease still granted (through the JSON gateway)."""
+        member = next((m for m in self.members if m.running), None)
+        if member is None:
+            return None
+        every_key = json.dumps({"key": base64.b64encode(b"\0").decode(), "range_end": base64.b64encode(b"\0").decode(),
+                                "keys_only": True}).encode()
+        status, body = http_request(member.host, member.port, "POST", "/v3/kv/range", every_key)
+        if status != 200:
+            raise RuntimeError(f"/v3/kv/range answered {status}: {body[:200]!r}")
+        keys = [base64.b64decode(kv["key"]).decode("utf-8", "replace") for kv in json.loads(body).get("kvs", [])]
+        status, body = http_request(member.host, member.port, "POST", "/v3/lease/leases", b"{}")
+        if status != 200:
+            raise RuntimeError(f"/v3/lease/leases answered {status}: {body[:200]!r}")
+        leases = [f"lease {int(lease['ID']):x}" for lease in json.loads(body).get("leases", [])]
+        return [f"key {k}" for k in keys if prefix in k] + leases
 
     @classmethod
     def start(cls, members: int = 1) -> EtcdServer:

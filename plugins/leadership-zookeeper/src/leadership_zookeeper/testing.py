@@ -67,6 +67,19 @@ class ZooKeeperServer(ContainerServer):
             return None
         return max(0, int(m[1]) - member.probes)
 
+    def leftovers(self, prefix: str) -> list[str] | None:
+        """Ephemeral znodes still held (the entries of live sessions), from ``mntr`` of the
+        leading member. ZooKeeper keeps the persistent parent znodes of election keys: not counted."""
+        leader = self.leader_member()
+        if leader is None:
+            return None
+        reply = self._word(self.members[leader], "mntr")
+        m = re.search(r"^zk_ephemerals_count\s+(\d+)", reply, re.MULTILINE)
+        if m is None:
+            return None
+        count = int(m[1])
+        return [f"{count} ephemeral znode(s) of live sessions"] if count else []
+
     def is_leader(self, member: Member) -> bool:
         m = re.search(r"^Mode:\s*(\w+)", self._word(member, "srvr"), re.MULTILINE)
         return m is not None and m[1] in ("leader", "standalone")
