@@ -186,6 +186,7 @@ class RunCommandTests(ConformanceBase):
         tokens = [int(r.token) for r in runs]
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
 
+    @pytest.mark.processes
     def test_run_killed_leader_child_dies_before_the_next_starts(
         self, supervisors: Callable[..., RunProcess], tmp_path: Path
     ) -> None:
