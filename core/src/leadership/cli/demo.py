@@ -4,9 +4,11 @@ backends`` (what is installed)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import Candidate, Follower, Store, connect
@@ -36,21 +38,28 @@ def _backends(_: argparse.Namespace) -> int:
 DEMO_TTLS = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
 
 
-def demo_ttl(url: str) -> float:
-    """The shortest of DEMO_TTLS the store accepts. InvalidTTLError if none is."""
+def demo_ttl(url: str, choices: Sequence[float] = DEMO_TTLS) -> float:
+    """The first of ``choices`` the store accepts (those outside its static limits skipped).
+    InvalidTTLError if none is."""
     low, high = store_limits(url)
-    choices = [t for t in DEMO_TTLS if t >= low and (high is None or t <= high)] or [low]
+    candidates = [t for t in choices if t >= low and (high is None or t <= high)] or [low]
     error: InvalidTTLError | None = None
-    with connect(url) as store:
-        for ttl in choices:
-            candidate = Candidate(store, "demo/ttl-probe", "probe", ttl=ttl)
-            try:
-                candidate.wait_elected(timeout=30)
-                return ttl
-            except InvalidTTLError as exc:  # the server's own minimum (ZooKeeper)
-                error = exc
-            finally:
-                candidate.stop()
+    library = logging.getLogger("leadership")
+    level = library.level
+    library.setLevel(logging.CRITICAL)  # a refused ttl is this function's answer, not a failure to log
+    try:
+        with connect(url) as store:
+            for ttl in candidates:
+                candidate = Candidate(store, "demo/ttl-probe", "probe", ttl=ttl)
+                try:
+                    candidate.wait_elected(timeout=30)
+                    return ttl
+                except InvalidTTLError as exc:  # the server's own minimum (ZooKeeper)
+                    error = exc
+                finally:
+                    candidate.stop()
+    finally:
+        library.setLevel(level)
     assert error is not None
     raise error
 
@@ -179,7 +188,8 @@ def _demo(args: argparse.Namespace) -> int:
     low, high = store_limits(args.url)  # a bad URL or option: one line, before any I/O
     if args.ttl is not None:
         validate_ttl(args.ttl, low, high, StoreURL.parse(args.url).scheme)
-    ttl = args.ttl if args.ttl is not None else demo_ttl(args.url)
+    # An explicit ttl is asked of the store too: ZooKeeper's server has a minimum of its own.
+    ttl = demo_ttl(args.url) if args.ttl is None else demo_ttl(args.url, [args.ttl])
     return _Demo(args.url, args.candidates, ttl, args.duration, args.seed, args.crash_rate, began).run()
 
 

@@ -29,10 +29,10 @@ from typing import Any
 from .. import aio
 from .._session import Generation
 from ..candidate import AsyncCandidate
-from ..errors import LeadershipError
+from ..errors import InvalidArgumentError, LeadershipError
 from ..plugins import default_plugin_manager, hookimpl
 from ._child import Child, KillSwitch, Watchdog
-from ._common import EXIT_ERROR, Reporter
+from ._common import EXIT_ERROR, EXIT_USAGE, Reporter
 
 __all__ = ["RunOptions", "Supervisor"]
 
@@ -212,7 +212,8 @@ class Supervisor:
     def _stream_ended(self) -> int:
         error = self.ended or candidate_error(self.candidate)
         self.say("error", f"the election ended: {error}", error=str(error))
-        return EXIT_ERROR
+        # Bad input only the store could judge (a ttl below ZooKeeper's server minimum) is still bad input.
+        return EXIT_USAGE if isinstance(error, InvalidArgumentError) else EXIT_ERROR
 
     async def _lead(self, candidate: AsyncCandidate, token: int) -> int | None:
         """Run the command while leading; None to campaign again, else run's exit status."""
