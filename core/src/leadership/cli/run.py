@@ -162,6 +162,10 @@ class Supervisor:
                 try:
                     return await self._supervise(self.candidate)
                 finally:
+                    if self.child is not None and self.child.returncode is None:
+                        # Only an unexpected error gets here with the command alive: never
+                        # release leadership while it runs.
+                        await self.child.stop(time.monotonic())
                     # Only now, with the command dead: release leadership at once.
                     await self.candidate.stop()
                     await asyncio.gather(pump, return_exceptions=True)
@@ -239,8 +243,8 @@ class Supervisor:
             try:
                 outcome, status = await self._watch_child(child)
             finally:
-                self.child = None
                 self.killswitch.disarm()
+            self.child = None  # left set on an error: main() kills it before releasing
             if outcome == "lost":
                 return None
             if outcome == "end":
