@@ -639,6 +639,7 @@ class ClusterFailoverTests(ConformanceBase):
 
 
 from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+from .supervisor import RunCommandTests  # noqa: E402 - it builds on ConformanceBase above
 from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
 
 
@@ -654,6 +655,7 @@ class ConformanceSuite(
     BadInputTests,
     PartitionTests,
     UnreachableStoreTests,
+    RunCommandTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 

@@ -7,12 +7,15 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ._util import Backoff, Flag, is_permanent, nap, settle
 from .backend import Backend, Session
 from .errors import ClosedError, SessionLostError, StoreUnavailableError
 from .retry import DEFAULT_RETRY, MIN_RETRY_DELAY
+
+if TYPE_CHECKING:
+    from ._observers import Observers
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class SessionHost(Protocol):
     backend: Backend
     display_url: str
     safety_margin: float | None
+    observers: Observers
 
     def report_error(self, error: BaseException, operation: str, attempt: int, retry_in: float | None) -> None: ...
     async def ensure_open(self) -> None: ...
@@ -328,6 +332,7 @@ class SharedSession:
             if not gen.alive():  # confirmed too late: the deadline passed meanwhile
                 self._unconfirmed(gen)
                 return
+            self.host.observers.session_refreshed(self.ttl, confirmed - sent)
             if refreshing.attempt:
                 self.host.mark_healthy()
             refreshing.succeeded()

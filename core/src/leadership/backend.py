@@ -231,6 +231,17 @@ class Backend(abc.ABC):
         follower's notification delay.
         """
 
+    def abandon(self) -> None:
+        """Optional; for :func:`leadership.testing.crash`. Stop, at once and from any thread, every
+        activity of the client's own that keeps sessions alive (a keepalive thread of its own),
+        without closing, revoking or releasing anything: from now on the store must see this
+        process as dead and expire its sessions after their ttl, exactly as if it had been killed.
+
+        Called after the core's event loop is frozen, so nothing driven by the core runs any more.
+        The default does nothing: right for a backend whose sessions are refreshed only by the
+        core's :meth:`Session.refresh` calls. The backend is never used again afterwards.
+        """
+
     async def ping(self) -> Hashable:
         """A cheap round trip used as a health check while watches are open.
 

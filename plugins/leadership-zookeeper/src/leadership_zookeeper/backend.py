@@ -12,9 +12,11 @@ reader client serves ``get_leader``, ``observe`` and ``ping``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -464,6 +466,22 @@ class ZooKeeperBackend(Backend):
         reader, self._reader = self._reader, None
         if reader is not None:
             await self.stop_client(reader)
+
+    def abandon(self) -> None:
+        """Cut every client's connection without the close request ``stop()`` would send: kazoo's
+        own thread pings the server by itself, so freezing the core's loop alone is no crash. The
+        server then keeps the sessions until their timeout, as for a killed process."""
+        clients = [session.client for session in list(self._sessions)]
+        if self._reader is not None:
+            clients.append(self._reader)
+        for client in clients:
+            # kazoo has no public "drop": a set _stopped keeps its connection loop from
+            # reconnecting, and a shut-down socket ends the current connection at once.
+            client._stopped.set()
+            sock = getattr(client._connection, "_socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     async def create_session(self, ttl: float) -> ZooKeeperSession:
         client, handshake = await self._connect(ttl)
