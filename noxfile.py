@@ -78,6 +78,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Handover, follower-notification and idle-cost benchmarks (DESIGN.md §9). Args: store URL."""
-    session.install("-e", "./core", *(arg for p in PLUGINS.values() for arg in ("-e", p)))
-    session.run("python", "bench/bench.py", *session.posargs)
+    """Handover latency and store requests against each store's peer (kazoo Election, etcdctl
+    elect, consul lock; interleaved on the same servers). Args go to bench/handover.py, e.g. ``nox -s bench -- zookeeper --rounds 20``. Needs Docker."""
+    session.install("-e", "./core", "-e", "./conformance", *(arg for p in PLUGINS.values() for arg in ("-e", p)))
+    session.run("python", "bench/handover.py", *session.posargs)
