@@ -195,32 +195,39 @@ class Herd:
 
 
 def requests(kind: str, url: str, server: Any, ttl: float, waiters: int, handovers: int, window: float) -> dict[str, Any]:
+    """Store requests per handover: the server's count over ``window`` seconds from the resign,
+    minus the background (keepalives, pings, health checks) at the rate of a long idle window."""
     herd = Herd(kind, url, ttl, waiters)
-    counts: list[int] = []
+    counts: list[float] = []
     woken: list[int] = []
     try:
         time.sleep(2.0)  # everyone queued, watches armed
+        t0, c0 = time.monotonic(), server.request_count()
+        time.sleep(max(6.0, 4 * window))
+        t1, c1 = time.monotonic(), server.request_count()
+        rate = (c1 - c0) / (t1 - t0)
         for _ in range(handovers):
-            c0 = server.request_count()
-            time.sleep(window)
-            idle = server.request_count() - c0
             while not herd.events.empty():
                 herd.events.get_nowait()
-            c1 = server.request_count()
-            t0 = time.monotonic()
+            ta, ca = time.monotonic(), server.request_count()
             herd.handover()
-            time.sleep(max(0.0, window - (time.monotonic() - t0)))
-            busy = server.request_count() - c1
+            time.sleep(max(0.0, window - (time.monotonic() - ta)))
+            tb, cb = time.monotonic(), server.request_count()
+            counts.append(round(cb - ca - rate * (tb - ta), 1))
             # Exactly one waiter may have been elected: count every "elected" in the window.
-            extra = 0
-            while not herd.events.empty():
-                _, word, _ = herd.events.get_nowait()
-                extra += word == "elected"
-            woken.append(1 + extra)
-            counts.append(busy - idle)
+            woken.append(sum(word == "elected" for _, word, _ in _drain(herd.events)) + 1)
+            time.sleep(0.2)
     finally:
         herd.close()
-    return {"kind": kind, "waiters": waiters, "per_handover": counts, "elected_per_handover": woken}
+    return {"kind": kind, "waiters": waiters, "background_per_s": rate, "per_handover": counts,
+            "elected_per_handover": woken}
+
+
+def _drain(q: queue.Queue[Any]) -> list[Any]:
+    items = []
+    while not q.empty():
+        items.append(q.get_nowait())
+    return items
 
 
 @contextlib.contextmanager
@@ -242,8 +249,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--settle", type=float, default=0.3, help="pause after each handover (s)")
     parser.add_argument("--waiters", type=int, default=50)
-    parser.add_argument("--handovers", type=int, default=5, help="handovers counted with --waiters queued")
-    parser.add_argument("--window", type=float, default=1.0, help="seconds each request count covers")
+    parser.add_argument("--handovers", type=int, default=10, help="handovers counted with --waiters queued")
+    parser.add_argument("--window", type=float, default=0.6, help="seconds each request count covers")
     parser.add_argument("--json", default="bench-results.json", help="raw samples go here")
     args = parser.parse_args()
     tools.check_peers(args.stores)
@@ -272,7 +279,7 @@ def print_store(store: str, r: dict[str, Any]) -> None:
         q = r["requests"][who]
         print(
             f"  {name:<16} p50 {1000 * statistics.median(s):6.2f} ms  p90 {1000 * pct(s, 0.9):6.2f} ms  "
-            f"requests/handover ({q['waiters']} waiting) {statistics.median(q['per_handover']):g} "
+            f"requests/handover ({q['waiters']} waiting) {statistics.median(q['per_handover']):.1f} "
             f"{q['per_handover']}  elected {q['elected_per_handover']}",
             flush=True,
         )
@@ -290,7 +297,7 @@ def print_table(results: dict[str, Any]) -> None:
         print(
             f"| {store} (ttl {lat['ttl']:g}) | {1000 * statistics.median(ours):.2f} / {1000 * pct(ours, 0.9):.2f} ms "
             f"| {PEER_NAMES[lat['peer']]} | {1000 * statistics.median(peer):.2f} / {1000 * pct(peer, 0.9):.2f} ms "
-            f"| {statistics.median(ours) / statistics.median(peer):.2f}x | {ro:g} / {rp:g} | {load} |"
+            f"| {statistics.median(ours) / statistics.median(peer):.2f}x | {ro:.1f} / {rp:.1f} | {load} |"
         )
 
 

@@ -93,3 +93,9 @@ def check_peers(stores: list[str]) -> None:
 
 def env() -> dict[str, str]:
     return {**os.environ, **_TOOLS}
+
+
+def server_handle(store: str, url: str) -> Any:
+    """A handle (``request_count()``) for the already running server at ``url``."""
+    os.environ[f"LEADERSHIP_TEST_{store.upper()}_URL"] = url
+    return start_server(store)

@@ -23,7 +23,7 @@ from ._util import (
     wait_first,
 )
 from ._watch import watch_terms
-from .backend import Term
+from .backend import Backend, Term
 from .errors import (
     ClosedError,
     InvalidArgumentError,
@@ -312,7 +312,7 @@ class AsyncCandidate:
                 if reason == "resigned":
                     grace = asyncio.ensure_future(asyncio.sleep(HANDOVER_GRACE))
                     try:
-                        await wait_first(successor, grace, self._stop, gen.lost, watch)
+                        await wait_first(successor, grace, self._stop, gen.lost)
                     finally:
                         grace.cancel()
         finally:
@@ -355,6 +355,12 @@ class AsyncCandidate:
     async def _watch_replaced(self, term: Term, replaced: Flag, successor: Flag) -> None:
         """Set ``replaced`` when the store shows a leader other than ``term`` (or none), and
         ``successor`` (and return) once it shows another leader."""
+        if type(self.store.backend).wait_replaced is not Backend.wait_replaced:
+            # The backend watches our own entry: no reads on the handover path. It cannot tell
+            # the successor apart, so this returns (ending a resign's grace) once the entry is gone.
+            await self._wait_replaced(term)
+            replaced.set()
+            return
         # Retried without end: during an outage the session deadline is what protects leadership.
         watch = watch_terms(self.store, self.key, retry=DEFAULT_RETRY, stop=self._stop)
         async with contextlib.aclosing(watch) as terms:
@@ -364,6 +370,26 @@ class AsyncCandidate:
                 if current is not None and current.token != term.token:
                     successor.set()
                     return
+
+    async def _wait_replaced(self, term: Term) -> None:
+        """Return once the backend reports ``term`` replaced; its watch is re-established after
+        errors and whenever the store comes back or restarts."""
+        gen = self._gen
+        assert gen is not None
+        attempt = 0
+        async with self.store.watching():
+            while True:
+                try:
+                    watch = self.store.backend.wait_replaced(gen.raw, self.key, term)
+                    return await self._guarded(watch, gen, self.store.epoch_event())  # type: ignore[no-any-return]
+                except _Reissue:
+                    continue
+                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
+                    # Retried without end: during an outage the session deadline protects leadership.
+                    attempt += 1
+                    delay = DEFAULT_RETRY.delay(attempt)
+                    self.store.report_error(exc, "observe", attempt, delay)
+                    await nap(delay, self._stop, self.store.epoch_event())
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else ("running" if self.running else "idle")
