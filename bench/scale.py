@@ -2,7 +2,8 @@
 
     python bench/scale.py [zookeeper etcd consul] [--elections 10000] [--burst 1000] [--json scale-results.json]
 
-Per store, in a fresh process: connection A campaigns for ``--elections`` keys (all must win);
+Per store, in a fresh process: connection A campaigns for ``--elections`` keys (all must win;
+started ``--ramp`` at a time, each batch elected before the next starts);
 connection B, in the same process, campaigns for the first ``--burst`` of them (all must wait).
 Measured: time to elect all, memory per election (RSS), CPU and store requests per second while
 idle, TCP connections to the store, then a burst: A resigns ``--burst`` keys at once and B must
@@ -71,19 +72,24 @@ async def gather_chunked(coros: list[Any], chunk: int = 500) -> list[Any]:
     return out
 
 
-async def run_store(store: str, url: str, port: int, elections: int, burst: int, counter: Any) -> dict[str, Any]:
+async def run_store(
+    store: str, url: str, port: int, elections: int, burst: int, ramp: int, counter: Any
+) -> dict[str, Any]:
     import leadership.aio as aio
 
     ttl = TTL[store]
     prefix = f"scale-{uuid.uuid4().hex[:6]}"
     keys = [f"{prefix}/{i}" for i in range(elections)]
-    result: dict[str, Any] = {"store": store, "elections": elections, "burst": burst, "ttl": ttl}
+    result: dict[str, Any] = {"store": store, "elections": elections, "burst": burst, "ramp": ramp, "ttl": ttl}
     rss0 = rss_mib()
     a = await aio.connect(url)
     b = await aio.connect(url)
     cpu0, t0 = time.process_time(), time.monotonic()
-    leaders = [aio.Candidate(a, k, "a", ttl=ttl) for k in keys]
-    await gather_chunked([c.wait_elected(600) for c in leaders])
+    leaders: list[Any] = []
+    for i in range(0, elections, ramp):  # started ``ramp`` at a time, each batch elected before the next
+        batch = [aio.Candidate(a, k, "a", ttl=ttl) for k in keys[i : i + ramp]]
+        leaders += batch
+        await asyncio.gather(*(c.wait_elected(600) for c in batch))
     result["time_to_elect_all_s"] = round(time.monotonic() - t0, 2)
     result["cpu_electing_s"] = round(time.process_time() - cpu0, 2)
     waiters = [aio.Candidate(b, k, "b", ttl=ttl) for k in keys[:burst]]
@@ -135,10 +141,10 @@ async def run_store(store: str, url: str, port: int, elections: int, burst: int,
     return result
 
 
-def child(store: str, url: str, elections: int, burst: int) -> None:
+def child(store: str, url: str, elections: int, burst: int, ramp: int) -> None:
     server = tools.server_handle(store, url)
     port = int(url.split("://", 1)[1].split("/")[0].split("?")[0].rsplit(":", 1)[1])
-    result = asyncio.run(run_store(store, url, port, elections, burst, server.request_count))
+    result = asyncio.run(run_store(store, url, port, elections, burst, ramp, server.request_count))
     print(json.dumps(result), flush=True)
 
 
@@ -147,11 +153,12 @@ def main() -> None:
     parser.add_argument("stores", nargs="*", default=["zookeeper", "etcd", "consul"])
     parser.add_argument("--elections", type=int, default=10_000)
     parser.add_argument("--burst", type=int, default=1_000)
+    parser.add_argument("--ramp", type=int, default=1_000, help="elections started at a time")
     parser.add_argument("--json", default="scale-results.json")
     parser.add_argument("--child", nargs=2, metavar=("STORE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.elections, args.burst)
+        child(args.child[0], args.child[1], args.elections, args.burst, args.ramp)
         return
     results = []
     for store in args.stores:
@@ -160,7 +167,7 @@ def main() -> None:
             print(f"{store}: {server.url}, {args.elections} elections (load average {os.getloadavg()[0]:.2f})", flush=True)
             out = subprocess.run(
                 [sys.executable, __file__, "--child", store, server.url, "--elections", str(args.elections),
-                 "--burst", str(args.burst)],
+                 "--burst", str(args.burst), "--ramp", str(args.ramp)],
                 capture_output=True, text=True, env=tools.env(), timeout=1800,
             )
             if out.returncode != 0:

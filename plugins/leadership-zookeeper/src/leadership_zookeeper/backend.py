@@ -51,6 +51,10 @@ READER_SESSION_TIMEOUT = 30.0
 #: timeout counted from the client's last send; the promise handed to the core is still shortened
 #: by this fraction of it (at least 50 ms) for clock drift between client and server.
 EXPIRY_MARGIN = 0.1
+#: Requests one session keeps outstanding at most. ZooKeeper answers a session's requests in
+#: order, so a keepalive queued behind thousands of campaigns (many elections starting at once)
+#: would come back too late; the keepalive itself skips this queue.
+MAX_OUTSTANDING = 256
 
 OPTIONS = {
     "timeout": "seconds to wait for a connection or a reply (default 10)",
@@ -122,6 +126,7 @@ class ZooKeeperSession(Session):
         self.uncertain: set[str] = set()
         self.lost_reason: str | None = None
         self.closing = False
+        self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
         #: Mirrors kazoo's connection state on the loop, so refresh can wait for a reconnect.
         self.connected = asyncio.Event()
         if client.connected:
@@ -190,11 +195,13 @@ class ZooKeeperSession(Session):
 
     async def request(self, what: str, start: Callable[[], Any]) -> Any:
         self.check()
-        return await self._backend.request(self.client, what, start, session=True)
+        async with self.slots:
+            return await self._backend.request(self.client, what, start, session=True)
 
     async def pipeline(self, what: str, starts: list[Callable[[], Any]]) -> list[Any]:
         self.check()
-        return await self._backend.pipeline(self.client, what, starts, session=True)
+        async with self.slots:
+            return await self._backend.pipeline(self.client, what, starts, session=True)
 
     async def refresh(self) -> None:
         # kazoo pings the server itself every third of the timeout; this round trip only proves to
@@ -213,7 +220,7 @@ class ZooKeeperSession(Session):
                 raise StoreUnavailableError(
                     f"ZooKeeper session {self.id}: not connected to any of {self._backend.hosts}; kazoo is reconnecting"
                 ) from None
-        await self.request("refresh", lambda: self.client.exists_async("/"))
+        await self._backend.request(self.client, "refresh", lambda: self.client.exists_async("/"), session=True)
         self.check()
 
     async def close(self) -> None:
