@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: After resigning, how long a candidate waits for its successor to take over before queueing
 #: again (it re-queues at once when it sees the successor).
 HANDOVER_GRACE = 0.05
+#: How long a new leader lets its elected event go first before it sets up its watch.
+WATCH_DELAY = 0.001
 
 
 class NotLeaderError(LeadershipError):
@@ -355,6 +357,10 @@ class AsyncCandidate:
     async def _watch_replaced(self, term: Term, replaced: Flag, successor: Flag) -> None:
         """Set ``replaced`` when the store shows a leader other than ``term`` (or none), and
         ``successor`` (and return) once it shows another leader."""
+        # First let the elected event reach the user (the sync API's thread needs the GIL): setting
+        # up the watch costs CPU that would otherwise delay it. Nothing is missed meanwhile: the
+        # watch starts from the term itself (its token, or the state read first).
+        await asyncio.sleep(WATCH_DELAY)
         if type(self.store.backend).wait_replaced is not Backend.wait_replaced:
             # The backend watches our own entry: no reads on the handover path. It cannot tell
             # the successor apart, so this returns (ending a resign's grace) once the entry is gone.

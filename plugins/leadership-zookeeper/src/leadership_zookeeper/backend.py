@@ -297,7 +297,7 @@ class ZooKeeperBackend(Backend):
         return f"{self.base}/{'/'.join(segments)}"
 
     # -- clients ---------------------------------------------------------------------------------
-    def _new_client(self, session_timeout: float) -> tuple[Any, list[float]]:
+    def _new_client(self, session_timeout: float, inline: bool) -> tuple[Any, list[float]]:
         """A KazooClient, not started, and a list that receives the negotiated session timeout."""
         # Reconnect quickly (a session survives only if we are back within its timeout); kazoo's
         # default backs off to an hour.
@@ -306,7 +306,9 @@ class ZooKeeperBackend(Backend):
         )
         client = KazooClient(
             hosts=self.hosts,
-            handler=InlineHandler(),
+            # Sessions' clients carry the handover path; the reader's (followers) keeps kazoo's
+            # ordering of watch events behind connection state changes.
+            handler=InlineHandler() if inline else None,
             timeout=session_timeout,
             connection_retry=retry,
             auth_data=[("digest", self.digest)] if self.digest else None,
@@ -331,9 +333,9 @@ class ZooKeeperBackend(Backend):
         connection._invoke = recording_invoke
         return client, negotiated
 
-    async def _connect(self, session_timeout: float) -> tuple[Any, float | None]:
+    async def _connect(self, session_timeout: float, inline: bool = True) -> tuple[Any, float | None]:
         loop = asyncio.get_running_loop()
-        client, negotiated = self._new_client(session_timeout)
+        client, negotiated = self._new_client(session_timeout, inline)
         connected: asyncio.Future[bool] = loop.create_future()
 
         def listener(state: Any) -> bool:
@@ -426,7 +428,7 @@ class ZooKeeperBackend(Backend):
     async def open(self) -> None:
         if self._reader is not None:
             return
-        client, _ = await self._connect(READER_SESSION_TIMEOUT)
+        client, _ = await self._connect(READER_SESSION_TIMEOUT, inline=False)
         try:
             # Reading the base proves the credentials fit its ACL (digest auth itself never fails).
             await self.request(client, "open", lambda: client.get_children_async(self.base or "/"), session=False)
