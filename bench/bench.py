@@ -1,4 +1,4 @@
-"""Benchmarks for DESIGN.md §9: graceful handover, follower notification, herd, idle cost.
+"""Benchmarks for the targets in docs/design.md ("Targets"): graceful handover, follower notification, herd, idle cost.
 
     nox -s bench                     # memory store
     nox -s bench -- etcd zookeeper   # real stores in containers (leadership_conformance.servers)

@@ -23,15 +23,11 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "leader
 
 
 def start_server(store: str) -> Any:
-    """A server handle (``.url``, ``.request_count()``, ``.stop()``) for ``store``."""
-    try:  # after the kit reshape each plugin provides its own test server
-        module = __import__(f"leadership_{store}.testing", fromlist=["server_for"])
-        factory = getattr(module, "server_for", None) or getattr(module, f"start_{store}")
-    except (ImportError, AttributeError):
-        from leadership_conformance.servers import server_for
+    """A server handle (``.url``, ``.request_count()``, ``.stop()``) for ``store``: the one the
+    store's plugin registers with the conformance kit (``leadership_<store>.testing``)."""
+    from leadership_conformance.servers import server_for
 
-        return server_for(store)
-    return factory() if factory.__name__.startswith("start_") else factory(store)
+    return server_for(store)
 
 
 def _say(text: str) -> None:

@@ -176,9 +176,11 @@ cleanup=()
 trap 'rm -rf "${cleanup[@]}"' EXIT
 start=$(now)
 build_base
-# The three images are independent: build them side by side (downloads overlap with unpacking).
+# One image per folder with a Dockerfile; they are independent: build them side by side
+# (downloads overlap with unpacking).
 pids=()
-for name in etcd zookeeper consul; do
+for dockerfile in "$here"/*/Dockerfile; do
+    name=$(basename "$(dirname "$dockerfile")")
     build_image "$name" &
     pids+=($!)
 done

@@ -175,3 +175,109 @@ def test_every_hook_documented_in_readme_with_its_signature() -> None:
         sig = inspect.signature(getattr(hookspecs, name))
         text = f"{name}{sig}".replace("'", "")
         assert f"`{text}`" in readme, f"README.md must document the hook as `{text}`"
+
+
+def _notify_elected(pm: pluggy.PluginManager) -> None:
+    from leadership._observers import Observers
+
+    Observers(pm, "memory://x").elected("k", "a", 7)
+
+
+def test_observer_hooks_follow_pluggy_order_and_wrappers() -> None:
+    """tryfirst/trylast order the observers, and both kinds of wrapper wrap them, as in pluggy."""
+    calls: list[str] = []
+
+    class First:
+        @leadership.hookimpl(tryfirst=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+            calls.append("first")
+
+    class Plain:
+        @leadership.hookimpl
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+            calls.append("plain")
+
+    class Last:
+        @leadership.hookimpl(trylast=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+            calls.append("last")
+
+    class NewStyle:
+        @leadership.hookimpl(wrapper=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> Any:
+            calls.append(f"wrapper before {key} {token}")
+            result = yield
+            calls.append(f"wrapper after {len(result)} results")
+            return result
+
+    class OldStyle:
+        @leadership.hookimpl(hookwrapper=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> Any:
+            calls.append("hookwrapper before")
+            outcome = yield
+            calls.append(f"hookwrapper after {outcome.get_result()!r}")
+
+    pm = leadership.get_plugin_manager(load_entrypoints=False)
+    # Registered in an order that differs from the call order, so the order is pluggy's doing.
+    for plugin in (Last(), Plain(), NewStyle(), First(), OldStyle()):
+        pm.register(plugin)
+    _notify_elected(pm)
+    assert calls == [
+        "hookwrapper before",
+        "wrapper before k 7",
+        "first",
+        "plain",
+        "last",
+        "wrapper after 0 results",  # pluggy keeps no None results
+        "hookwrapper after []",
+    ]
+
+
+def test_a_raising_observer_hides_the_event_from_no_other(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    class Raises:
+        @leadership.hookimpl(tryfirst=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+            raise RuntimeError("observer bug")
+
+    class WrapperRaisesBefore:
+        @leadership.hookimpl(wrapper=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> Any:
+            raise RuntimeError("wrapper bug before")
+            yield  # pragma: no cover
+
+    class WrapperRaisesAfter:
+        @leadership.hookimpl(hookwrapper=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> Any:
+            yield
+            raise RuntimeError("wrapper bug after")
+
+    class Records:
+        @leadership.hookimpl(trylast=True)
+        def leadership_elected(self, key: str, name: str, token: int, store: str) -> None:
+            calls.append(name)
+
+    pm = leadership.get_plugin_manager(load_entrypoints=False)
+    for plugin in (Records(), WrapperRaisesBefore(), Raises(), WrapperRaisesAfter()):
+        pm.register(plugin)
+    with caplog.at_level("ERROR", logger="leadership"):
+        _notify_elected(pm)
+    assert calls == ["a"], "the raising observers must not hide the event from the others"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Raises.leadership_elected" in logged and "WrapperRaisesBefore" in logged
+    assert "WrapperRaisesAfter" in logged
+
+
+def test_register_backends_errors_are_not_swallowed() -> None:
+    """Only observers are isolated: a registration error still reaches the user."""
+
+    class Bad:
+        @leadership.hookimpl
+        def leadership_register_backends(self, register: leadership.BackendRegistry) -> None:
+            register.add("Bad Scheme", MemoryBackend)
+
+    pm = leadership.get_plugin_manager(load_entrypoints=False)
+    pm.register(Bad(), name="bad")
+    with pytest.raises(leadership.BackendRegistrationError, match="'bad'"):
+        backend_registry(pm)

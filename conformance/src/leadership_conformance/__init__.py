@@ -4,6 +4,7 @@ Use it from your backend's ``tests/test_conformance.py``::
 
     import pytest
     from leadership_conformance import ConformanceSuite
+    from leadership_conformance.servers import server_for
 
     class TestMyStoreConformance(ConformanceSuite):
         ttl = 2.0
@@ -11,9 +12,11 @@ Use it from your backend's ``tests/test_conformance.py``::
         @pytest.fixture(scope="class")
         @classmethod
         def leadership_server(cls):
-            server = start_my_store()          # anything with .url (+ fault methods)
-            yield server
-            server.stop()
+            with server_for("mystore") as server:   # a StoreServer, or anything with .url
+                yield server
+
+Your plugin registers its server handle (``leadership_conformance.servers``); the guide is
+``docs/writing-a-backend.md`` in the project's repository.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from .suite import (
     FollowerTests,
     HerdTests,
     ManyElectionsTests,
+    PartitionTests,
     ProcessFaultTests,
     TokenTests,
     assert_one_leader_at_a_time,
 )
+from .unreachable import UnreachableStoreTests
 
 __all__ = [
     "BadInputTests",
@@ -45,7 +50,9 @@ __all__ = [
     "FollowerTests",
     "HerdTests",
     "ManyElectionsTests",
+    "PartitionTests",
     "ProcessFaultTests",
     "TokenTests",
+    "UnreachableStoreTests",
     "assert_one_leader_at_a_time",
 ]

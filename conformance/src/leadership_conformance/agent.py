@@ -7,8 +7,11 @@ SIGKILL or SIGSTOP it like a real service.
 stdout: one JSON object a line: ``{"t": <CLOCK_MONOTONIC>, "event": ..., ...}``; events are
 ``ready``, ``elected`` (``value`` bool, ``token``), ``leader`` (``leader``, ``token``),
 ``status`` (``is_leader``, ``token``), ``resigned`` (``token``: the term given up, None if none),
-``ended``, ``error`` (``error``). stdin commands:
-``resign``, ``stop``, ``status``.
+``ended``, ``error`` (``error``), ``sample`` (``is_leader``, ``token``, ``t_read``: an
+``is_leader`` read every ``--sample`` seconds). stdin commands: ``resign``, ``stop``, ``status``.
+
+``--history FILE`` also appends every event, with ``agent`` and ``key``, to FILE as JSON lines
+(the fault campaign's history; a restarted agent appends to the same file after a ``ready``).
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ from typing import Any
 import leadership
 
 _out_lock = threading.Lock()
+#: (file, agent, key) when --history is given.
+_history: tuple[Any, str, str] | None = None
 
 
 def emit(event: str, **fields: Any) -> None:
-    line = json.dumps({"t": time.monotonic(), "event": event, **fields})
+    record = {"t": time.monotonic(), "event": event, **fields}
+    line = json.dumps(record)
     with _out_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        if _history is not None:
+            file, agent, key = _history
+            file.write(json.dumps({**record, "agent": agent, "key": key}) + "\n")
+            file.flush()
 
 
 class Recorder:
@@ -69,12 +79,15 @@ def _candidate(args: argparse.Namespace, store: leadership.Store) -> None:
             emit("error", error=f"{type(exc).__name__}: {exc}")
 
     threading.Thread(target=stream, daemon=True).start()
+    if args.sample > 0:
+        threading.Thread(target=_sample, args=(candidate, args.sample), daemon=True).start()
     emit("ready")
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "status":
+            t_read = time.monotonic()  # the read happens between t_read and the event's t
             term = candidate.term
-            emit("status", is_leader=candidate.is_leader, token=term.token if term else None)
+            emit("status", is_leader=term is not None, token=term.token if term else None, t_read=t_read)
         elif cmd == "resign":
             term = candidate.term  # None: it did not lead, and resign() does nothing
             candidate.resign()
@@ -83,6 +96,15 @@ def _candidate(args: argparse.Namespace, store: leadership.Store) -> None:
             candidate.stop()
             emit("stopped")
             break
+
+
+def _sample(candidate: leadership.Candidate, every: float) -> None:
+    """Read ``is_leader`` (through ``term``: one read gives both) as application code would."""
+    while True:
+        t_read = time.monotonic()
+        term = candidate.term
+        emit("sample", is_leader=term is not None, token=term.token if term else None, t_read=t_read)
+        time.sleep(every)
 
 
 def _follower(args: argparse.Namespace, store: leadership.Store) -> None:
@@ -112,7 +134,13 @@ def main() -> None:
     parser.add_argument("--name", default="")
     parser.add_argument("--ttl", type=float, default=15.0)
     parser.add_argument("--follower", action="store_true")
+    parser.add_argument("--history", default="", help="append every event to this JSON-lines file")
+    parser.add_argument("--sample", type=float, default=0.0, help="read is_leader every SAMPLE seconds")
     args = parser.parse_args()
+    if args.history:
+        global _history
+        # Open for the process's life; every line is flushed, so a SIGKILL loses nothing written.
+        _history = (open(args.history, "a", encoding="utf-8"), args.name or "follower", args.key)  # noqa: SIM115
     # INFO by default: a failing test shows the agent's last lines, retries and elections included.
     level = os.environ.get("LEADERSHIP_AGENT_LOG_LEVEL", "INFO").upper()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

@@ -5,7 +5,6 @@ interface and the same fault injection (a frozen or abandoned event loop)."""
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import leadership
-from leadership.testing import crash
+from leadership.testing import crash, dispose, dump_tasks, freeze, is_frozen, thaw
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +110,22 @@ class Agent(abc.ABC):
 
 
 class ProcessAgent(Agent):
-    def __init__(self, url: str, key: str, name: str, ttl: float, *, follower: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        name: str,
+        ttl: float,
+        *,
+        follower: bool = False,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(name)
         cmd = [sys.executable, "-m", "leadership_conformance.agent", "--url", url, "--key", key]
         cmd += ["--follower"] if follower else ["--name", name, "--ttl", repr(ttl)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd += extra_args or []  # e.g. --history FILE --sample S
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -189,20 +199,10 @@ class ThreadAgent(Agent):
         self._record({"t": time.monotonic(), "event": "ready"})
 
     def diagnostics(self) -> str:
-        runner = self.store._runner
-        if runner.frozen or not runner.loop.is_running():
+        if is_frozen(self.store) or self.store.closed:
             return ""
-
-        async def dump() -> str:
-            import io
-
-            out = io.StringIO()
-            for task in asyncio.all_tasks():
-                task.print_stack(limit=8, file=out)
-            return out.getvalue()
-
         try:
-            return "\nevent loop tasks:\n" + runner.run(dump(), timeout=2)
+            return "\nevent loop tasks:\n" + dump_tasks(self.store, timeout=2)
         except Exception as exc:  # noqa: BLE001
             return f"\n(no task dump: {exc})"
 
@@ -243,13 +243,13 @@ class ThreadAgent(Agent):
         crash(self.store)
 
     def freeze(self) -> None:
-        self.store._runner.freeze()
+        freeze(self.store)
 
     def thaw(self) -> None:
-        self.store._runner.thaw()
+        thaw(self.store)
 
     def close(self) -> None:
-        if self.store._runner.frozen and not self.store.closed:
-            self.store._runner.thaw()
+        if is_frozen(self.store) and not self.store.closed:
+            thaw(self.store)
         if not self.store.closed:
-            self.store.close()
+            dispose(self.store)

@@ -1,25 +1,24 @@
 """The shared conformance suite: mixin classes (not collected on their own) that a backend's
 ``tests/test_conformance.py`` combines with one fixture, ``leadership_server``::
 
-    class TestEtcdConformance(ConformanceSuite):
+    class TestMyStoreConformance(ConformanceSuite):
         ttl = 2.0
         store_slack = 0.5
 
         @pytest.fixture(scope="class")
         @classmethod
         def leadership_server(cls):
-            with server_for("etcd") as server:
+            with server_for("mystore") as server:
                 yield server
 
-The fixture returns an object with ``url`` (a store URL) and, for the fault tests, ``pause()``,
-``unpause()``, ``restart()``, ``request_count()`` and ``can_inject_faults`` — see
-:class:`leadership_conformance.servers.StoreServer`. Class attributes tune the suite to the
+The fixture returns a :class:`leadership_conformance.servers.StoreServer` (or any object with
+``url``): its ``can_inject_faults`` is the one switch of the fault tests, which use ``pause()``,
+``unpause()``, ``restart()``, and the no-herd test ``request_count()``. Class attributes tune the suite to the
 store (each documented below); a capability a store lacks is declared, never silently skipped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import statistics
@@ -33,6 +32,7 @@ import pytest
 
 import leadership
 from leadership import ConfigurationError, InvalidArgumentError, InvalidTTLError
+from leadership.testing import dispose
 
 from .agents import Agent, ProcessAgent, ThreadAgent
 
@@ -47,6 +47,7 @@ __all__ = [
     "FollowerTests",
     "HerdTests",
     "ManyElectionsTests",
+    "PartitionTests",
     "ProcessFaultTests",
     "TokenTests",
 ]
@@ -71,6 +72,7 @@ def leader_intervals(agents: list[Agent]) -> list[tuple[float, float, str]]:
 
 
 def assert_one_leader_at_a_time(agents: list[Agent]) -> None:
+    """Fail if the agents' leadership intervals (from their hook events) overlap anywhere."""
     intervals = leader_intervals(agents)
     for (s1, e1, a1), (s2, _, a2) in itertools.pairwise(intervals):
         assert s2 >= e1, (
@@ -84,13 +86,13 @@ class ConformanceBase:
 
     #: The ttl the suite's candidates use (seconds); the smallest the store handles comfortably.
     ttl: ClassVar[float] = 2.0
-    #: How much later than ttl the store may expire a dead session (etcd: up to 0.5 s).
+    #: How much later than ttl a crashed leader's successor may be elected: how late the store
+    #: expires a dead session (etcd: its 0.5 s lease-expiry rounds; ZooKeeper: one tickTime) plus
+    #: the successor's wake-up. The crash test asserts failover <= ttl + store_slack.
     store_slack: ClassVar[float] = 0.5
     #: Candidates can run in separate OS processes (False for in-process stores like memory:
     #: the suite then runs them in threads, each with its own Store and event loop).
     supports_processes: ClassVar[bool] = True
-    #: The server handle can pause, unpause and restart the store.
-    supports_store_faults: ClassVar[bool] = True
     #: The server handle counts store requests (for the no-herd test).
     counts_requests: ClassVar[bool] = True
     #: ttl for the no-herd test: long, so keepalive traffic does not blur the request count.
@@ -106,6 +108,15 @@ class ConformanceBase:
     queue_settle: ClassVar[float] = 0.5
     #: Tests a backend overrides on purpose, with the reason: {"test_name": "why"}.
     overridden_tests: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supports_store_faults" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__}.supports_store_faults is no longer read: whether the fault tests run is "
+                "decided by the server handle alone, through its can_inject_faults attribute "
+                "(False for an external server); remove the class attribute"
+            )
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -135,11 +146,7 @@ class ConformanceBase:
 
         yield make
         for store in opened:
-            if store._runner.frozen:
-                store._runner.thaw()
-                store._closed = False
-            with contextlib.suppress(Exception):
-                store.close()
+            dispose(store)
 
     @pytest.fixture
     def spawn(self, store_url: str, election_key: str) -> Iterator[Callable[..., Agent]]:
@@ -175,6 +182,8 @@ class ConformanceBase:
 
 
 class CandidateTests(ConformanceBase):
+    """The candidate stream: False first, True when elected, False on resign; resign and stop."""
+
     def test_stream_starts_false_then_true(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -241,6 +250,8 @@ class CandidateTests(ConformanceBase):
 
 
 class FollowerTests(ConformanceBase):
+    """Followers see the current leader at start and every change, without duplicates."""
+
     def test_follower_sees_current_leader_and_changes(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -294,6 +305,8 @@ class FollowerTests(ConformanceBase):
 
 
 class TokenTests(ConformanceBase):
+    """Fencing tokens strictly increase across successive terms of a key."""
+
     def test_tokens_strictly_increase_across_terms(self, spawn: Callable[..., Agent]) -> None:
         a, b = spawn("a"), spawn("b")
         tokens = []
@@ -310,6 +323,8 @@ class TokenTests(ConformanceBase):
 
 
 class ExclusionTests(ConformanceBase):
+    """Exactly one leader at any instant through many handovers."""
+
     def test_exactly_one_leader_through_many_handovers(self, spawn: Callable[..., Agent]) -> None:
         agents = [spawn(f"c{i}") for i in range(3)]
         for agent in agents:
@@ -336,6 +351,7 @@ class ExclusionTests(ConformanceBase):
 class ProcessFaultTests(ConformanceBase):
     """A candidate process dies or freezes."""
 
+    @pytest.mark.processes
     def test_killed_leader_replaced_within_ttl(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -347,9 +363,14 @@ class ProcessFaultTests(ConformanceBase):
         a._record({"t": t0, "event": "killed"})
         event = b.wait_elected(True, self.ttl + self.store_slack + 5)
         took = event["t"] - t0
-        assert took <= self.ttl + self.store_slack + 0.5, f"failover took {took:.2f}s; ttl {self.ttl}s"
+        print(f"crash failover {took:.3f}s = {took / self.ttl:.2f} x ttl {self.ttl:g}s (bound +{self.store_slack:g}s)")
+        # The bound the README documents per store: ttl plus the store's expiry slack.
+        assert took <= self.ttl + self.store_slack, (
+            f"failover took {took:.2f}s; the documented bound is ttl {self.ttl:g}s + {self.store_slack:g}s"
+        )
         assert_one_leader_at_a_time([a, b])
 
+    @pytest.mark.processes
     def test_frozen_leader_demotes_itself_on_resume(self, spawn: Callable[..., Agent]) -> None:
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -373,7 +394,7 @@ class FaultTests(ConformanceBase):
 
     def leader_waiter_follower(self, spawn: Callable[..., Agent], leadership_server: Any) -> tuple[Agent, Agent, Agent]:
         """Skip without fault injection; else: a leads, b waits, f follows and has seen a."""
-        if not self.supports_store_faults or not getattr(leadership_server, "can_inject_faults", False):
+        if not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("the server handle cannot inject store faults (external server)")
         a = spawn("a")
         a.wait_elected(True, self.handover_timeout)
@@ -477,6 +498,8 @@ def _first_elected(marks: Mapping[Agent, int], timeout: float) -> Agent | None:
 
 
 class HerdTests(ConformanceBase):
+    """A handover costs the store no more requests with many candidates waiting than with one."""
+
     def _handover_requests(self, server: Any, stores: Callable[[], leadership.Store], key: str, waiters: int) -> int:
         ttl = self.herd_ttl or self.ttl
         candidates = []
@@ -521,6 +544,9 @@ class HerdTests(ConformanceBase):
 
 
 class ManyElectionsTests(ConformanceBase):
+    """Many elections on one store connection share one session."""
+
+    #: Elections one store runs at once (all with the same ttl, so on one session).
     many_elections: ClassVar[int] = 100
 
     def test_many_elections_share_one_session(self, stores: Callable[[], leadership.Store], election_key: str) -> None:
@@ -535,14 +561,17 @@ class ManyElectionsTests(ConformanceBase):
             time.sleep(0.05)
         assert all(c.is_leader for c in candidates), "every uncontested election is won"
         assert store.session_count() == 1, "elections with the same ttl share one store session"
-        tokens = [c.term.token for c in candidates if c.term]
-        assert len(set(tokens)) == len(tokens)
+        # Tokens order the terms of one key (TokenTests); different keys may share a value
+        # (a per-key counter is a valid fencing token).
+        assert all(c.term is not None and isinstance(c.term.token, int) for c in candidates)
         for c in candidates:
             c.stop()
         assert store.session_count() == 0, "the session is released with the last election"
 
 
 class BadInputTests(ConformanceBase):
+    """Bad keys, names, ttls, URL options and schemes raise at the call that received them."""
+
     def test_bad_input_raises_at_the_call(self, stores: Callable[[], leadership.Store], store_url: str) -> None:
         store = stores()
         backend = type(store.aio.backend)
@@ -576,7 +605,8 @@ class ClusterFailoverTests(ConformanceBase):
     cluster_recovery_time: ClassVar[float] = 15.0
 
     def test_store_leader_killed_mid_handover(self, spawn: Callable[..., Agent], leadership_server: Any) -> None:
-        if len(getattr(leadership_server, "members", [])) < 3 or not leadership_server.can_inject_faults:
+        members = len(getattr(leadership_server, "members", []))
+        if members < 3 or not getattr(leadership_server, "can_inject_faults", False):
             pytest.skip("needs a store cluster of 3 or more members the kit can kill")
         agents = [spawn(f"c{i}") for i in range(3)]
         for agent in agents:
@@ -608,6 +638,10 @@ class ClusterFailoverTests(ConformanceBase):
         assert not any(x.errors() for x in [*agents, f])
 
 
+from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
+
+
 class ConformanceSuite(
     CandidateTests,
     FollowerTests,
@@ -618,6 +652,8 @@ class ConformanceSuite(
     HerdTests,
     ManyElectionsTests,
     BadInputTests,
+    PartitionTests,
+    UnreachableStoreTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 

@@ -13,26 +13,29 @@ The asyncio API lives in :mod:`leadership.aio` with the same shape.
 
 from __future__ import annotations
 
-from ._util import RetryPolicy
 from .backend import Backend, Session, Term
-from .candidate import Candidate, Leadership, NotLeaderError, hold
+from .candidate import Candidate, Leadership, hold
 from .errors import (
     AuthenticationError,
     BackendRegistrationError,
     ClosedError,
     ConfigurationError,
+    ElectionTimeoutError,
     InvalidArgumentError,
     InvalidTTLError,
     LeadershipError,
+    NotLeaderError,
     PermanentStoreError,
     SessionLostError,
     StoreError,
     StoreUnavailableError,
     UnknownBackendError,
+    UsageError,
 )
 from .follower import Follower
 from .plugins import get_plugin_manager, hookimpl
 from .registry import BackendRegistry
+from .retry import RetryPolicy
 from .store import Store, connect
 from .url import StoreURL
 
@@ -46,6 +49,7 @@ __all__ = [
     "Candidate",
     "ClosedError",
     "ConfigurationError",
+    "ElectionTimeoutError",
     "Follower",
     "InvalidArgumentError",
     "InvalidTTLError",
@@ -62,6 +66,7 @@ __all__ = [
     "StoreUnavailableError",
     "Term",
     "UnknownBackendError",
+    "UsageError",
     "connect",
     "get_plugin_manager",
     "hold",

@@ -1,17 +1,17 @@
-"""Small pieces the core's state machines share: validation, backoff, a single-consumer stream."""
+"""Small pieces the core's state machines share: validation, a single-consumer stream, the one
+retry loop (:class:`Backoff`) and the one "run this until a flag is set" (:func:`race`)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import math
-import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from .errors import InvalidArgumentError, InvalidTTLError, LeadershipError
+from .errors import InvalidArgumentError, InvalidTTLError, PermanentStoreError, UsageError
+from .retry import MIN_RETRY_DELAY, RetryPolicy
 
 _T = TypeVar("_T")
 
@@ -74,36 +74,6 @@ def validate_ttl(ttl: object, minimum: float, maximum: float | None, backend: st
     return value
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Capped, jittered exponential backoff for transient store errors.
-
-    Pass ``retry=None`` to a Candidate or Follower instead to have store errors end the stream
-    (the iterator raises), and retry yourself — the original library's fault-tolerance pattern.
-    """
-
-    initial: float = 0.05
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise InvalidArgumentError("RetryPolicy needs 0 < initial <= maximum")
-        if self.multiplier < 1:
-            raise InvalidArgumentError("RetryPolicy.multiplier must be >= 1")
-        if not 0 <= self.jitter <= 1:
-            raise InvalidArgumentError("RetryPolicy.jitter must be between 0 and 1")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
-        return base * (1 - self.jitter * random.random())
-
-
-DEFAULT_RETRY = RetryPolicy()
-
-
 class Stream(Generic[_T]):
     """An unbounded single-consumer stream: nothing put is ever dropped; ``close`` ends it,
     optionally with an exception the consumer receives after the values already queued."""
@@ -144,7 +114,7 @@ class Stream(Generic[_T]):
 
     async def iterate(self) -> AsyncIterator[_T]:
         if self._consuming:
-            raise LeadershipError("this stream already has a consumer; iterate it from one place only")
+            raise UsageError("this stream already has a consumer; iterate it from one place only")
         self._consuming = True
         try:
             while True:
@@ -167,6 +137,20 @@ def abandon(task: asyncio.Future[Any]) -> None:
     "exception was never retrieved" noise when it fails while being torn down)."""
     task.cancel()
     task.add_done_callback(_retrieve)
+
+
+async def settle(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Give ``tasks`` ``timeout`` seconds to end, cancel the rest and give them as long again to
+    finish cancelling; whatever still runs then is left behind (its outcome retrieved). A
+    backend call that blocks on cancel (a client closing a connection to a frozen store) must
+    not hold up closing."""
+    _, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=max(0.05, timeout))
+        for task in stuck:
+            abandon(task)
 
 
 class Flag:
@@ -248,3 +232,100 @@ async def nap(delay: float, *flags: Flag) -> None:
         await wait_first(pause, *flags)
     finally:
         pause.cancel()
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying cannot cure ``error``: the store refused us for good (bad credentials,
+    bad request) or the caller's input is wrong. Everything else is retried, a backend's
+    unexpected exception (a bug: TypeError, a race with its client's state) included."""
+    return isinstance(error, (PermanentStoreError, InvalidArgumentError, UsageError))
+
+
+def describe(error: BaseException) -> str:
+    """``Type: text`` for logs (the type alone when the text is empty)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Interrupted(Exception):
+    """Raised by :func:`race` when one of its flags was set before the work finished."""
+
+    def __init__(self, flag: Flag) -> None:
+        super().__init__("interrupted")
+        self.flag = flag
+
+
+async def race(aw: Awaitable[_T], *flags: Flag) -> _T:
+    """Run ``aw`` until it finishes or any of ``flags`` is set. In the second case the work is
+    cancelled and awaited, and :class:`Interrupted` names the flag that was set (the first of
+    ``flags`` that is). Cancelling the caller cancels the work without waiting for it."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await wait_first(task, *flags)
+    except asyncio.CancelledError:
+        abandon(task)
+        raise
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise Interrupted(next(flag for flag in flags if flag.is_set()))
+
+
+#: report(error, operation, attempt, retry_in): how a retry loop tells the store about a failure.
+Reporter = Callable[[BaseException, str, int, "float | None"], None]
+
+
+class Backoff:
+    """The retry loop's state for one operation: counts consecutive failures, reports each one,
+    and pauses before the next try. Every retry in the core goes through one of these, so each
+    gets the same floor (:data:`~leadership.retry.MIN_RETRY_DELAY`), reporting and early wake-up.
+
+    ``pause(delay)`` sleeps; the default is a plain nap that ends early when a flag returned by
+    ``wake()`` is set (the store is reachable again, stop() was called).
+    """
+
+    def __init__(
+        self,
+        report: Reporter,
+        operation: str,
+        policy: RetryPolicy,
+        *,
+        wake: Callable[[], tuple[Flag, ...]] = tuple,
+        pause: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.report = report
+        self.operation = operation
+        self.policy = policy
+        self.attempt = 0
+        self._wake = wake
+        self._pause = pause
+
+    def succeeded(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self, cap: float | None = None) -> float:
+        delay = self.policy.delay(self.attempt + 1)
+        if cap is not None:
+            delay = min(delay, cap)
+        return max(MIN_RETRY_DELAY, delay)
+
+    def note(self, error: BaseException, *, cap: float | None = None) -> float:
+        """Count and report ``error`` as a transient failure; return the delay before the next try
+        (at most ``cap`` seconds if given, never less than the floor)."""
+        delay = self.next_delay(cap)
+        self.attempt += 1
+        self.report(error, self.operation, self.attempt, delay)
+        return delay
+
+    async def failed(self, error: BaseException, *, cap: float | None = None) -> None:
+        """:meth:`note` the failure, then wait the delay."""
+        delay = self.note(error, cap=cap)
+        if self._pause is not None:
+            await self._pause(delay)
+        else:
+            await nap(delay, *self._wake())
+
+    def give_up(self, error: BaseException) -> None:
+        """Report ``error`` as the end of this operation: it will not be retried."""
+        self.report(error, self.operation, self.attempt + 1, None)

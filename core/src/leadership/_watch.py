@@ -7,9 +7,10 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
-from ._util import Flag, RetryPolicy, abandon, nap, wait_first
+from ._util import Backoff, Flag, Interrupted, is_permanent, race
 from .backend import Term
 from .errors import StoreUnavailableError
+from .retry import DEFAULT_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
     from .store import AsyncStore
@@ -19,8 +20,10 @@ async def watch_terms(
     store: AsyncStore, key: str, *, retry: RetryPolicy | None, stop: Flag
 ) -> AsyncGenerator[Term | None, None]:
     """Yield the term of ``key`` now and after every change (possibly repeating a value after a
-    re-established watch). Transient errors are retried per ``retry``; with None they raise."""
-    attempt = 0
+    re-established watch). Store errors, a backend's unexpected ones included, are retried per
+    ``retry``; with None they raise, as do permanent errors."""
+    # Retried early when the store is reachable again.
+    watching = Backoff(store.report_error, "observe", retry or DEFAULT_RETRY, wake=lambda: (stop, store.epoch_event()))
     async with store.watching():
         while not stop.is_set():
             epoch = store.epoch_event()
@@ -29,32 +32,23 @@ async def watch_terms(
                 iterator = store.backend.observe(key)
                 try:
                     while True:
-                        nxt = asyncio.ensure_future(iterator.__anext__())
                         try:
-                            await wait_first(nxt, stop, epoch)
-                        except BaseException:
-                            abandon(nxt)
-                            raise
-                        if not nxt.done():  # stopped, or the watch must be re-established
-                            nxt.cancel()
-                            await asyncio.gather(nxt, return_exceptions=True)
-                            break
-                        try:
-                            term = nxt.result()
+                            term = await race(iterator.__anext__(), stop, epoch)
                         except StopAsyncIteration:
                             raise StoreUnavailableError(f"watch on {key!r} ended") from None
-                        attempt = 0
+                        watching.succeeded()
                         yield term
+                except Interrupted:
+                    continue  # stopped (the loop ends), or the watch must be re-established
                 finally:
                     aclose = getattr(iterator, "aclose", None)
-                    if aclose is not None:
-                        await asyncio.gather(aclose(), return_exceptions=True)
-            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                attempt += 1
-                if retry is None:
-                    store.report_error(exc, "observe", attempt, None)
+                    if aclose is not None:  # bounded: a watch on a frozen store may not end at once
+                        closing = asyncio.wait_for(aclose(), store.close_time_left())
+                        await asyncio.gather(closing, return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if retry is None or is_permanent(exc):
+                    watching.give_up(exc)
                     raise
-                delay = retry.delay(attempt)
-                store.report_error(exc, "observe", attempt, delay)
-                # Retried early when the store is reachable again.
-                await nap(delay, stop, store.epoch_event())
+                await watching.failed(exc)

@@ -17,9 +17,46 @@ Error contract for every coroutine below:
 Translate every client exception into one of these; anything else escaping a backend is treated
 as a bug and surfaced to the user.
 
-Cancellation: the core cancels ``campaign`` (``stop()``, session lost) and ``observe``
-iterators at any await point. They must not leave background work behind; the core calls
-:meth:`Backend.withdraw` afterwards to remove the candidate's entry.
+Cancellation and time budgets. The core never lets one call hold an election hostage: it
+cancels a call or bounds it with a timeout, then *awaits the cancelled call's end* before it
+moves on. So every call must return promptly when cancelled, also while the store is frozen
+(a paused server, a partition that drops packets): a client that blocks on cancel — waiting
+for a reply to arrive, closing a connection gracefully — stalls the core, and with it every
+election on the connection. Cancel the client's request and return; never catch
+``CancelledError`` to finish a round trip first.
+
+===================  ==========================================================================
+call                 what the core does with it
+===================  ==========================================================================
+``open``             awaited before the first session, watch or ping; no budget of its own (the
+                     caller's stop or close cancels it)
+``create_session``   no timeout; cancelled 5 s after the last election that needs the session
+                     stops, or the store closes
+``Session.refresh``  ``wait_for`` with the session's remaining budget: the deadline (send time
+                     of the last confirmed refresh + ``guaranteed`` - safety margin, by default
+                     ``min(1 s, 10 % of guaranteed)``) minus now; a timeout counts as
+                     ``StoreUnavailableError``
+``Session.close``    ``wait_for`` ``max(1 s, refresh_interval)``, retried with backoff until the
+                     store must have expired the session by itself (``ttl`` after the loss)
+``campaign``         no timeout; cancelled by ``stop()``, by the loss of its session (deadline
+                     passed, ``SessionLostError``, :meth:`Session.notify_lost`), and whenever
+                     the store comes back after an outage or restarts — then issued again on
+                     the same session, which must find its entry (idempotence below)
+``withdraw``         on ``stop()``: ``wait_for`` 5 s, once; after a resign: raced against stop
+                     and session loss, retried with backoff while the session lives
+``get_leader``       used by the default :meth:`Backend.ping` only
+``observe``          each ``__anext__`` is cancelled by stop and whenever the store comes back
+                     or restarts; then the iterator is closed with ``aclose()`` and ``observe``
+                     is called again
+``ping``             ``wait_for`` ``max(1 s, 2 * health_interval)`` (2 s by default), every
+                     ``health_interval`` while a watch or campaign is open
+``Backend.close``    awaited once at the end; a sync ``Store.close()`` waits 30 s for the whole
+                     shutdown
+===================  ==========================================================================
+
+A cancelled ``campaign`` or ``observe`` must not leave background work behind (a task, a
+client-side watch); the core calls :meth:`Backend.withdraw` afterwards to remove the
+candidate's entry.
 """
 
 from __future__ import annotations
@@ -40,8 +77,10 @@ class Term:
 
     ``token`` is strictly increasing across successive terms of the same key on the same store
     (etcd: the leader entry's create revision; ZooKeeper: its czxid; Consul: the raft index of
-    the acquiring write). Downstream systems reject requests carrying a token lower than the
-    highest they have seen.
+    the acquiring write; a per-key counter is as good). Different keys may share a value: the
+    token orders the terms of one key, nothing more. It must keep increasing across the
+    store's restarts. Downstream systems reject requests carrying a token lower than the
+    highest they have seen for that key.
     """
 
     key: str
@@ -137,7 +176,12 @@ class Backend(abc.ABC):
         """Queue for ``key`` with ``session`` and return once this entry leads.
 
         * FIFO without a herd: the entry waits only on its immediate predecessor, so a handover
-          costs O(1) store requests however many candidates wait.
+          costs O(1) store requests however many candidates wait. A store that tells nobody
+          when a session expires (a SQL table with an expiry column, say) may poll: each waiter
+          reads its own predecessor's entry, at the predecessor's session expiry and at a fixed
+          interval between (to see a withdrawal). That costs waiters / interval reads per
+          second while idle, and adds up to one interval to a handover — but a handover still
+          wakes one waiter, and no waiter reads more because others wait.
         * Idempotent per (session, key): calling again after a transient error re-uses an entry
           the session already has, keeping its place in the queue.
         * After waiting, check that the entry still exists and belongs to a live session before
@@ -158,8 +202,13 @@ class Backend(abc.ABC):
     def observe(self, key: str) -> AsyncIterator[Term | None]:
         """Yield the current term of ``key`` at once, then again on every change (None: no leader).
 
-        Yielding a value equal to the previous one is allowed (the core drops duplicates). The
-        iterator raises StoreUnavailableError when its watch breaks; the core re-creates it.
+        Usually an ``async def`` generator. The core cancels a pending ``__anext__`` (stop, store
+        back or restarted) and then closes the iterator with ``aclose()``, so cleanup belongs in
+        a ``finally`` that does not block (see the module's cancellation rules). Yielding a value
+        equal to the previous one is allowed (the core drops duplicates). The iterator raises
+        StoreUnavailableError when its watch breaks; the core re-creates it. A store without
+        change notifications may poll (``get_leader`` at an interval); the interval is the
+        follower's notification delay.
         """
 
     async def wait_replaced(self, session: Session, key: str, term: Term) -> None:

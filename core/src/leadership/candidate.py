@@ -7,16 +7,17 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from ._session import Generation, SharedSession
 from ._util import (
-    DEFAULT_RETRY,
+    Backoff,
     Flag,
-    RetryPolicy,
+    Interrupted,
     Stream,
-    abandon,
+    describe,
+    is_permanent,
     nap,
+    race,
     validate_key,
     validate_name,
     validate_ttl,
@@ -26,13 +27,13 @@ from ._watch import watch_terms
 from .backend import Backend, Term
 from .errors import (
     ClosedError,
+    ElectionTimeoutError,
     InvalidArgumentError,
-    LeadershipError,
+    NotLeaderError,
     SessionLostError,
-    StoreError,
-    StoreUnavailableError,
 )
 from .follower import _iterate
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .store import AsyncStore, Store
 
 __all__ = ["AsyncCandidate", "AsyncLeadership", "Candidate", "Leadership", "NotLeaderError", "ahold", "hold"]
@@ -44,18 +45,12 @@ log = logging.getLogger(__name__)
 HANDOVER_GRACE = 0.05
 #: How long a new leader lets its elected event go first before it sets up its watch.
 WATCH_DELAY = 0.001
-
-
-class NotLeaderError(LeadershipError):
-    """Leadership was lost (or never held) where the caller required it."""
+#: How long stop() waits for the store to remove a leader's entry, outside of store.close().
+STOP_WITHDRAW_TIMEOUT = 2.0
 
 
 class _Stopped(Exception):
     pass
-
-
-class _Reissue(Exception):
-    """The store came back or restarted while campaigning: campaign again."""
 
 
 class AsyncCandidate:
@@ -135,7 +130,8 @@ class AsyncCandidate:
         self.store._register(self)
         self._stream = Stream()
         self._last = None
-        self._shared = self.store.acquire_session(self.ttl, self.key)
+        if self._shared is None:
+            self._shared = self.store.acquire_session(self.ttl, self.key, patient=self.retry is not None)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leadership-candidate-{self.key}")
 
     def _emit(self, value: bool) -> None:
@@ -164,7 +160,7 @@ class AsyncCandidate:
             self._stream.close()
         if self._shared is not None:
             shared, self._shared = self._shared, None
-            await self.store.release_session(shared, self.key)
+            await self.store.release_session(shared, self.key, patient=self.retry is not None)
         self.store._unregister(self)
 
     async def wait_elected(self, timeout: float | None = None) -> Term:
@@ -177,9 +173,24 @@ class AsyncCandidate:
         self._elected_waiters.append(fut)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            assert timeout is not None
+            raise ElectionTimeoutError(
+                f"{self.name!r} was not elected leader of {self.key!r} within {timeout:g}s: {await self._who_leads()}"
+            ) from None
         finally:
             if fut in self._elected_waiters:
                 self._elected_waiters.remove(fut)
+
+    async def _who_leads(self) -> str:
+        """Who leads, for an error message (one quick read; the store may be unreachable)."""
+        try:
+            term = await asyncio.wait_for(self.store.backend.get_leader(self.key), 0.5)
+        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - only for a message
+            return f"the leader is unknown (the store did not answer: {describe(exc)})"
+        if term is None:
+            return "nobody leads it (the candidate may still be connecting or queueing)"
+        return f"{term.leader!r} leads it (token {term.token})"
 
     def leadership(self, timeout: float | None = None) -> AsyncLeadership:
         """``async with candidate.leadership() as lease:`` waits to be elected, runs the block as
@@ -189,51 +200,61 @@ class AsyncCandidate:
     # -- the state machine -------------------------------------------------------------------------
     async def _run(self) -> None:
         self._emit(False)
-        attempt = 0
         error: BaseException | None = None
         assert self._shared is not None
+        shared = self._shared
+        campaigning = Backoff(self.store.report_error, "campaign", self.retry or DEFAULT_RETRY, pause=self._backoff)
         try:
             while not self._stop.is_set():
+                gen: Generation | None = None
                 try:
-                    gen = await self._until_stop(self._shared.generation(fail_fast=self.retry is None))
+                    gen = await race(shared.generation(fail_fast=self.retry is None), self._stop)
                     self._gen = gen
                     # While waiting, the store's health is watched: after an outage or a restart
                     # the campaign is re-issued (campaign is idempotent per session and key), so a
                     # wait the client dropped silently cannot strand this candidate.
                     async with self.store.watching():
-                        epoch = self.store.epoch_event()
                         campaign = self.store.backend.campaign(gen.raw, self.key, self.name)
-                        term = await self._guarded(campaign, gen, epoch)
+                        term = await race(campaign, self._stop, gen.lost, self.store.epoch_event())
                     if not gen.alive():
                         raise SessionLostError("session lost while the campaign returned")
-                    attempt = 0
+                    campaigning.succeeded()
                     await self._lead(gen, term)
                 except _Stopped:
                     break
-                except _Reissue:
-                    continue
-                except SessionLostError:
-                    continue  # the shared session opens the next generation; campaign again on it
-                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                    attempt += 1
+                except Interrupted as interrupted:
+                    if interrupted.flag is self._stop:
+                        break
+                    continue  # the session was lost, or the store came back: campaign again
+                except SessionLostError as exc:
+                    if gen is not None and not gen.alive():
+                        continue  # the shared session opens the next generation; campaign again on it
                     if self.retry is None:
-                        self.store.report_error(exc, "campaign", attempt, None)
+                        campaigning.give_up(exc)
                         error = exc
                         break
-                    delay = self.retry.delay(attempt)
-                    self.store.report_error(exc, "campaign", attempt, delay)
-                    try:
-                        await self._backoff(delay)
-                    except _Stopped:
+                    await campaigning.failed(exc)  # the backend lost the entry, not the session
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - sorted by is_permanent
+                    if is_permanent(exc) or self.retry is None:
+                        campaigning.give_up(exc)
+                        error = exc
                         break
-        except (StoreError, LeadershipError) as exc:
-            self.store.report_error(exc, "campaign", attempt + 1, None)
-            error = exc
-        except Exception as exc:  # a backend bug: surface it, never die silently
+                    # Transient, or a backend's unexpected error (a bug): retried and reported.
+                    await campaigning.failed(exc)
+        except _Stopped:
+            pass
+        except Exception as exc:  # a bug in the core: surface it, never die silently
             log.exception("candidate %r for %r failed", self.name, self.key)
             error = exc
         finally:
             await self._cleanup()
+            if error is not None and self._shared is shared:
+                # The stream is over: a session kept for it alone would retry on, unasked. (Before
+                # the stream ends: the caller may start a new one as soon as it sees the end.)
+                self._shared = None
+                await self.store.release_session(shared, self.key, patient=self.retry is not None)
             self.last_error = error
             if self._stream is not None:
                 self._stream.close(error)
@@ -244,43 +265,14 @@ class AsyncCandidate:
     async def _cleanup(self) -> None:
         self._set_demoted(None, "stopped")
         gen = self._gen
-        if gen is not None and gen.alive():
+        # Not while the store closes: revoking the session, one request, releases every entry on
+        # it; and not while the store is known unreachable. Bounded: stop() is prompt.
+        if gen is not None and gen.alive() and self.store.healthy and not self.store.closing:
             try:
-                await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=5)
-            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - the session close releases it too
-                log.debug("withdraw on stop failed: %s", exc)
-
-    async def _until_stop(self, aw: Any) -> Any:
-        task = asyncio.ensure_future(aw)
-        try:
-            await wait_first(task, self._stop)
-        except asyncio.CancelledError:
-            abandon(task)
-            raise
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise _Stopped
-
-    async def _guarded(self, aw: Any, gen: Generation, epoch: Flag | None = None) -> Any:
-        """Run ``aw`` until it finishes, the session is lost, stop() is called, or (given
-        ``epoch``) the store's watches must be re-established."""
-        task = asyncio.ensure_future(aw)
-        try:
-            await wait_first(task, self._stop, gen.lost, *([epoch] if epoch is not None else []))
-        except asyncio.CancelledError:
-            abandon(task)
-            raise
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if self._stop.is_set():
-            raise _Stopped
-        if gen.lost.is_set():
-            raise SessionLostError(f"session lost ({gen.reason})")
-        raise _Reissue
+                budget = STOP_WITHDRAW_TIMEOUT
+                await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
+            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
+                log.debug("withdraw on stop failed: %s", describe(exc))
 
     async def _lead(self, gen: Generation, term: Term) -> None:
         self._resign.clear()
@@ -288,7 +280,7 @@ class AsyncCandidate:
         self._term = term
         log.info("%r elected for %r (token %d)", self.name, self.key, term.token)
         self._emit(True)
-        self.store.notify("leadership_elected", key=self.key, name=self.name, token=term.token)
+        self.store.observers.elected(self.key, self.name, term.token)
         for fut in self._elected_waiters:
             if not fut.done():
                 fut.set_result(term)
@@ -331,20 +323,25 @@ class AsyncCandidate:
         self._lost.set()
         if term is not None:
             log.info("%r no longer leads %r (token %d): %s", self.name, self.key, term.token, reason)
-            self.store.notify("leadership_demoted", key=self.key, name=self.name, token=term.token, reason=reason)
+            self.store.observers.demoted(self.key, self.name, term.token, reason)
         self._emit(False)
 
     async def _withdraw_with_retry(self, gen: Generation) -> None:
-        attempt = 0
+        withdrawing = Backoff(self.store.report_error, "withdraw", self.retry or DEFAULT_RETRY, pause=self._backoff)
         while gen.alive() and not self._stop.is_set():
             try:
-                await self._guarded(self.store.backend.withdraw(gen.raw, self.key), gen)
+                await race(self.store.backend.withdraw(gen.raw, self.key), self._stop, gen.lost)
                 return
-            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                attempt += 1
-                delay = (self.retry or DEFAULT_RETRY).delay(attempt)
-                self.store.report_error(exc, "withdraw", attempt, delay)
-                await self._backoff(delay)
+            except Interrupted as interrupted:
+                if interrupted.flag is self._stop:
+                    raise _Stopped from None
+                return  # the session is gone, and its entry with it
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_permanent(exc):
+                    raise
+                await withdrawing.failed(exc)
 
     async def _backoff(self, delay: float) -> None:
         """Wait ``delay`` seconds before a retry, or less: until the store is reachable again
@@ -379,23 +376,29 @@ class AsyncCandidate:
 
     async def _wait_replaced(self, term: Term) -> None:
         """Return once the backend reports ``term`` replaced; its watch is re-established after
-        errors and whenever the store comes back or restarts."""
+        errors and whenever the store comes back or restarts. Retried without end: during an
+        outage the session deadline is what protects leadership."""
         gen = self._gen
         assert gen is not None
-        attempt = 0
+        watching = Backoff(self.store.report_error, "observe", DEFAULT_RETRY, pause=self._backoff)
         async with self.store.watching():
             while True:
                 try:
                     watch = self.store.backend.wait_replaced(gen.raw, self.key, term)
-                    return await self._guarded(watch, gen, self.store.epoch_event())  # type: ignore[no-any-return]
-                except _Reissue:
-                    continue
-                except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                    # Retried without end: during an outage the session deadline protects leadership.
-                    attempt += 1
-                    delay = DEFAULT_RETRY.delay(attempt)
-                    self.store.report_error(exc, "observe", attempt, delay)
-                    await nap(delay, self._stop, self.store.epoch_event())
+                    await race(watch, self._stop, gen.lost, self.store.epoch_event())
+                    return
+                except Interrupted as interrupted:
+                    if interrupted.flag is self._stop:
+                        raise _Stopped from None
+                    if interrupted.flag is gen.lost:
+                        return  # _lead sees the session lost
+                    continue  # the store came back or restarted: watch again
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if is_permanent(exc):
+                        raise
+                    await watching.failed(exc)
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else ("running" if self.running else "idle")

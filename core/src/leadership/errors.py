@@ -7,14 +7,17 @@ __all__ = [
     "BackendRegistrationError",
     "ClosedError",
     "ConfigurationError",
+    "ElectionTimeoutError",
     "InvalidArgumentError",
     "InvalidTTLError",
     "LeadershipError",
+    "NotLeaderError",
     "PermanentStoreError",
     "SessionLostError",
     "StoreError",
     "StoreUnavailableError",
     "UnknownBackendError",
+    "UsageError",
 ]
 
 
@@ -39,7 +42,22 @@ class UnknownBackendError(ConfigurationError, LookupError):
 
 
 class BackendRegistrationError(LeadershipError):
-    """A plugin tried to register a backend under an invalid or already taken name."""
+    """A plugin tried to register a backend under an invalid or already taken name, or its
+    factory did not build a Backend."""
+
+
+class UsageError(LeadershipError, RuntimeError):
+    """The library was called in a way it does not support: a stream iterated from two places
+    at once, a blocking call made from an observer running on the store's own event loop."""
+
+
+class NotLeaderError(LeadershipError):
+    """Leadership was lost (or never held) where the caller required it."""
+
+
+class ElectionTimeoutError(LeadershipError, TimeoutError):
+    """Waiting to be elected took longer than the caller's timeout. The message names the key,
+    the candidate, the timeout and who led at that moment (if anyone)."""
 
 
 class ClosedError(LeadershipError, RuntimeError):

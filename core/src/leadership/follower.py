@@ -8,10 +8,11 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._util import DEFAULT_RETRY, Flag, RetryPolicy, Stream, validate_key
+from ._util import Flag, Stream, validate_key
 from ._watch import watch_terms
 from .backend import Term
-from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
+from .errors import ClosedError, InvalidArgumentError
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .store import AsyncStore, Store
 
 __all__ = ["AsyncFollower", "Follower"]
@@ -102,12 +103,7 @@ class AsyncFollower:
         self.term = term
         if self._stream is not None:
             self._stream.put(term)
-        self.store.notify(
-            "leadership_leader_changed",
-            key=self.key,
-            leader=term.leader if term else None,
-            token=term.token if term else None,
-        )
+        self.store.observers.leader_changed(self.key, term.leader if term else None, term.token if term else None)
 
     async def _run(self) -> None:
         error: BaseException | None = None
@@ -117,13 +113,9 @@ class AsyncFollower:
             ) as terms:
                 async for term in terms:
                     self._update(term)
-        except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-            error = exc  # retry=None: the caller retries
-        except LeadershipError as exc:
-            self.store.report_error(exc, "observe", 1, None)
-            error = exc
-        except Exception as exc:
-            log.exception("follower of %r failed", self.key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - already reported by the watch: a permanent error, or retry=None
             error = exc
         finally:
             self.last_error = error

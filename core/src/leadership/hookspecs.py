@@ -1,14 +1,23 @@
-"""Hook specifications. Plugins implement them with ``@leadership.hookimpl``.
+"""Hook specifications, and the ``hookimpl`` marker plugins implement them with.
 
 Backends are contributed through :func:`leadership_register_backends`; the other hooks observe
-elections (metrics, logging, audit) without touching the core. Observer hooks run on the event
-loop that drives the election: keep them fast and non-blocking. An exception raised by an
-observer is logged and otherwise ignored; it never disturbs an election.
+elections (metrics, logging, audit) without touching the core. Observer hooks are called through
+pluggy, so ``tryfirst``/``trylast`` order them and ``wrapper=True`` / ``hookwrapper=True``
+implementations wrap the others, as in any pluggy project. They run on the event loop that
+drives the election: keep them fast and non-blocking.
+
+An exception raised by an observer marked with ``@leadership.hookimpl`` is logged and otherwise
+ignored: the other observers still see the event and the election is never disturbed. (The
+marker wraps each observer implementation in its own ``try``; a wrapper that raises before its
+``yield`` is skipped, and the implementations it wraps still run.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import logging
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pluggy
 
@@ -16,6 +25,8 @@ if TYPE_CHECKING:
     from .registry import BackendRegistry
 
 __all__ = [
+    "OBSERVER_HOOKS",
+    "hookimpl",
     "hookspec",
     "leadership_demoted",
     "leadership_elected",
@@ -24,7 +35,121 @@ __all__ = [
     "leadership_store_error",
 ]
 
+log = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 hookspec = pluggy.HookspecMarker("leadership")
+_pluggy_hookimpl = pluggy.HookimplMarker("leadership")
+
+#: The hooks that only observe: an exception in one of their implementations is isolated.
+OBSERVER_HOOKS = frozenset(
+    {"leadership_demoted", "leadership_elected", "leadership_leader_changed", "leadership_store_error"}
+)
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _isolated(fn: Callable[..., Any], hook: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def observer(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("observer %s of %s raised; ignored", _describe(fn), hook)
+            return None
+
+    return observer
+
+
+def _isolated_wrapper(fn: Callable[..., Any], hook: str) -> Callable[..., Any]:
+    """The same for a wrapper (new or old style): its failure before or after its ``yield`` is
+    logged, and the call goes on as if it were not there."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+        gen = fn(*args, **kwargs)
+        try:
+            next(gen)
+        except Exception:
+            log.exception("observer wrapper %s of %s raised before its yield; ignored", _describe(fn), hook)
+            return (yield)
+        inner = yield  # the inner result (wrapper=True) or pluggy's Result (hookwrapper=True)
+        try:
+            gen.send(inner)
+        except StopIteration as done:
+            return done.value if done.value is not None else inner
+        except Exception:
+            log.exception("observer wrapper %s of %s raised after its yield; ignored", _describe(fn), hook)
+            return inner
+        gen.close()
+        log.error("observer wrapper %s of %s yielded more than once; ignored", _describe(fn), hook)
+        return inner
+
+    return wrapper
+
+
+class HookimplMarker:
+    """``@leadership.hookimpl``: pluggy's implementation marker for project ``leadership``, which
+    also isolates each observer hook implementation (see the module docstring). Takes the same
+    options as :class:`pluggy.HookimplMarker`."""
+
+    project_name = "leadership"
+
+    @overload
+    def __call__(
+        self,
+        function: _F,
+        hookwrapper: bool = ...,
+        optionalhook: bool = ...,
+        tryfirst: bool = ...,
+        trylast: bool = ...,
+        specname: str | None = ...,
+        wrapper: bool = ...,
+    ) -> _F: ...
+    @overload
+    def __call__(
+        self,
+        function: None = ...,
+        hookwrapper: bool = ...,
+        optionalhook: bool = ...,
+        tryfirst: bool = ...,
+        trylast: bool = ...,
+        specname: str | None = ...,
+        wrapper: bool = ...,
+    ) -> Callable[[_F], _F]: ...
+    def __call__(
+        self,
+        function: _F | None = None,
+        hookwrapper: bool = False,
+        optionalhook: bool = False,
+        tryfirst: bool = False,
+        trylast: bool = False,
+        specname: str | None = None,
+        wrapper: bool = False,
+    ) -> _F | Callable[[_F], _F]:
+        def mark(fn: _F) -> _F:
+            hook = specname or fn.__name__
+            if hook in OBSERVER_HOOKS:
+                fn = (_isolated_wrapper if (wrapper or hookwrapper) else _isolated)(fn, hook)  # type: ignore[assignment]
+            return _pluggy_hookimpl(
+                fn,
+                hookwrapper=hookwrapper,
+                optionalhook=optionalhook,
+                tryfirst=tryfirst,
+                trylast=trylast,
+                specname=specname,
+                wrapper=wrapper,
+            )
+
+        return mark if function is None else mark(function)
+
+
+hookimpl = HookimplMarker()
+"""Marks a plugin's hook implementations: ``@leadership.hookimpl def leadership_elected(...)``;
+takes pluggy's options (``tryfirst``, ``trylast``, ``wrapper``, ``hookwrapper``, ...). Observer
+implementations marked with it are isolated: an exception in one is logged, the others run."""
 
 
 @hookspec

@@ -14,6 +14,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import UnknownBackendError
+from .hookspecs import hookimpl
 from .registry import BackendInfo, BackendRegistry
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-hookimpl = pluggy.HookimplMarker("leadership")
 ENTRY_POINT_GROUP = "leadership"
 #: Comma-separated plugin names (entry point names, or "memory") never to load.
 DISABLED_PLUGINS_ENV = "LEADERSHIP_DISABLED_PLUGINS"

@@ -4,20 +4,22 @@ health (which re-establishes watches after an outage or restart)."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
 import pluggy
 
-from ._session import SharedSession
-from ._util import Flag
+from ._loop import LoopThread
+from ._observers import Observers, StoreLog
+from ._session import CLOSE_BUDGET, LoadGauge, SharedSession
+from ._util import Backoff, Flag, describe, is_permanent
 from .backend import Backend
-from .errors import ClosedError, InvalidArgumentError, LeadershipError, StoreUnavailableError
+from .errors import BackendRegistrationError, ClosedError, InvalidArgumentError, StoreUnavailableError
 from .plugins import default_plugin_manager, find_backend
+from .retry import DEFAULT_RETRY
 from .url import StoreURL
 
 __all__ = ["AsyncStore", "Store", "aconnect", "connect"]
@@ -27,6 +29,8 @@ _T = TypeVar("_T")
 
 #: How often a store with open watches checks that the store is still the same one.
 DEFAULT_HEALTH_INTERVAL = 1.0
+#: How long ``connect`` tries to reach a store before giving up (seconds).
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 class AsyncStore:
@@ -51,6 +55,14 @@ class AsyncStore:
         self.display_url = url.redacted()
         self.scheme = url.scheme
         self.plugin_manager = plugin_manager
+        self.observers = Observers(plugin_manager, self.display_url)
+        self._log = StoreLog(self.display_url, self.observers)
+        #: report_error(error, operation, attempt, retry_in): log (rate-limited) and tell observers.
+        self.report_error = self._log.report_error
+        #: warn_once(topic, message, *args): a warning at most once a minute per topic.
+        self.warn_once = self._log.warn_once
+        #: How slow this process is (shared by the sessions, for the "ttl too short" warning).
+        self.load = LoadGauge()
         self.safety_margin = safety_margin
         self.health_interval = float(health_interval)
         # Several sessions per ttl only when one process runs several candidates for the same key
@@ -63,7 +75,7 @@ class AsyncStore:
         self._health_task: asyncio.Task[None] | None = None
         self._epoch_changed = Flag()
         self._healthy = True
-        self.epoch = 0
+        self._close_by: float | None = None
         self._users: set[Any] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -79,25 +91,72 @@ class AsyncStore:
                 await self.backend.open()
                 self._opened = True
 
+    async def reach(self, timeout: float) -> None:
+        """Open the backend and complete one round trip within ``timeout`` seconds, retrying
+        refusals meanwhile (a store may be starting); else StoreUnavailableError naming the store."""
+        last: list[BaseException] = []
+        trying = Backoff(lambda e, *_: last.append(e), "connect", DEFAULT_RETRY)
+
+        async def first_contact() -> None:
+            while True:
+                try:
+                    await self.ensure_open()
+                    await self.backend.ping()
+                    return
+                except StoreUnavailableError as exc:
+                    await trying.failed(exc)
+
+        try:
+            await asyncio.wait_for(first_contact(), timeout)
+        except asyncio.TimeoutError:
+            why = f" (last error: {describe(last[-1])})" if last else ""
+            raise StoreUnavailableError(
+                f"could not reach the {self.scheme} store at {self.display_url} within connect_timeout={timeout:g}s"
+                f"{why}; check the address, or pass a longer connect_timeout"
+            ) from None
+
     async def close(self) -> None:
-        """Stop every candidate and follower on this store, release leadership, disconnect."""
+        """Stop every candidate and follower on this store, release leadership, disconnect.
+        Prompt whatever the store's state: what the store does not confirm within a fraction of
+        a second is left to expire (a leader on an unreachable store has demoted itself anyway)."""
         if self._closed:
             return
-        for user in list(self._users):
-            await user.stop()
+        self._close_by = time.monotonic() + CLOSE_BUDGET
+        await asyncio.gather(*(user.stop() for user in list(self._users)), return_exceptions=True)
         self._closed = True
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        for pool in list(self._sessions.values()):
-            for shared in pool:
-                await shared.close()
+        await asyncio.gather(*(shared.close() for pool in self._sessions.values() for shared in pool))
         self._sessions.clear()
-        if self._opened:
-            try:
-                await self.backend.close()
-            except Exception as exc:  # noqa: BLE001 - closing must finish
-                log.warning("closing backend for %s failed: %s", self.display_url, exc)
+        await self._close_backend()
+
+    async def _close_backend(self) -> None:
+        if not self._opened and self._open_lock is None:
+            return
+        close = asyncio.ensure_future(self.backend.close())
+        done, _ = await asyncio.wait([close], timeout=max(0.05, self.close_time_left()))
+        if not done:
+            close.add_done_callback(lambda f: f.cancelled() or f.exception())
+            log.debug("closing the backend for %s takes long; left to finish in the background", self.display_url)
+        elif close.exception() is not None:
+            log.warning("closing backend for %s failed: %s", self.display_url, describe(close.exception()))  # type: ignore[arg-type]
+
+    @property
+    def closing(self) -> bool:
+        """True from the start of close()."""
+        return self._close_by is not None
+
+    def close_time_left(self) -> float:
+        """What is left of the time close() may take (a full budget outside of close())."""
+        if self._close_by is None:
+            return CLOSE_BUDGET
+        return max(0.0, self._close_by - time.monotonic())
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store is known to be unreachable."""
+        return self._healthy
 
     @property
     def closed(self) -> bool:
@@ -121,20 +180,24 @@ class AsyncStore:
         self._users.discard(user)
 
     # -- sessions -------------------------------------------------------------------------------
-    def acquire_session(self, ttl: float, key: str) -> SharedSession:
+    def acquire_session(self, ttl: float, key: str, *, patient: bool = True) -> SharedSession:
+        """A session for one election on ``key``; ``patient``: the election retries store errors."""
         self._check_open()
         pool = self._sessions.setdefault(ttl, [])
         for shared in pool:
             if key not in shared.keys:
                 break
         else:
-            shared = SharedSession(self, ttl)
+            shared = SharedSession(self, ttl, self.load)
             pool.append(shared)
             shared.start()
         shared.keys.add(key)
+        shared.patient += patient
         return shared
 
-    async def release_session(self, shared: SharedSession, key: str) -> None:
+    async def release_session(self, shared: SharedSession, key: str, *, patient: bool = True) -> None:
+        if key in shared.keys:
+            shared.patient -= patient
         shared.keys.discard(key)
         pool = self._sessions.get(shared.ttl, [])
         if not shared.keys and shared in pool:
@@ -164,7 +227,6 @@ class AsyncStore:
 
     def _bump_epoch(self, why: str) -> None:
         log.info("store %s %s: re-establishing watches", self.display_url, why)
-        self.epoch += 1
         self._epoch_changed.set()
         self._epoch_changed = Flag()
 
@@ -184,14 +246,13 @@ class AsyncStore:
             try:
                 await self.ensure_open()
                 current = await asyncio.wait_for(self.backend.ping(), timeout=max(1.0, 2 * self.health_interval))
-            except (StoreUnavailableError, asyncio.TimeoutError) as exc:
-                failures += 1
-                self.report_error(exc, "ping", failures, self.health_interval)
-                self._healthy = False
             except asyncio.CancelledError:
                 raise
-            except LeadershipError as exc:  # permanent errors surface through the watches
-                self.report_error(exc, "ping", failures + 1, self.health_interval)
+            except Exception as exc:  # noqa: BLE001 - the health check never ends by itself
+                failures += 1
+                self.report_error(exc, "ping", failures, self.health_interval)
+                if not is_permanent(exc):
+                    self._healthy = False
             else:
                 failures = 0
                 if not self._healthy:
@@ -202,47 +263,49 @@ class AsyncStore:
                 incarnation, known = current, True
             await asyncio.sleep(self.health_interval)
 
-    # -- observers ----------------------------------------------------------------------------
-    def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook; an observer's exception is logged, never propagated."""
-        kwargs["store"] = self.display_url
-        # Each observer on its own, so one broken observer cannot hide the event from the others.
-        for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
-            try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
-            except Exception:
-                log.exception("observer %s of %s raised; ignored", impl.plugin_name, hook)
-
-    def report_error(self, error: BaseException, operation: str, attempt: int, retry_in: float | None) -> None:
-        if retry_in is None:
-            log.error("%s on %s failed permanently: %s", operation, self.display_url, error)
-        elif attempt == 1:
-            log.warning("%s on %s failed (%s); retrying in %.2fs", operation, self.display_url, error, retry_in)
-        else:
-            log.info(
-                "%s on %s failed %d times (%s); retrying in %.2fs",
-                operation,
-                self.display_url,
-                attempt,
-                error,
-                retry_in,
-            )
-        self.notify("leadership_store_error", error=error, operation=operation, attempt=attempt, retry_in=retry_in)
-
     def __repr__(self) -> str:
         return f"<AsyncStore {self.display_url}{' closed' if self._closed else ''}>"
 
 
-def _make_backend(
-    url: str, plugin_manager: pluggy.PluginManager | None
-) -> tuple[Backend, StoreURL, pluggy.PluginManager]:
-    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
-    parsed = StoreURL.parse(url)
-    info = find_backend(pm, parsed.scheme)
-    backend = info.factory(parsed)
+def _make_backend(url: StoreURL, pm: pluggy.PluginManager) -> Backend:
+    info = find_backend(pm, url.scheme)
+    backend = info.factory(url)
     if not isinstance(backend, Backend):
-        raise LeadershipError(f"backend factory for {parsed.scheme!r} returned {type(backend).__name__}, not a Backend")
-    return backend, parsed, pm
+        raise BackendRegistrationError(
+            f"plugin {info.plugin!r}: the backend factory for {url.scheme!r} returned {type(backend).__name__}, "
+            "not a leadership.Backend"
+        )
+    return backend
+
+
+def _check_connect_options(connect_timeout: object) -> float:
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or not connect_timeout > 0:
+        raise InvalidArgumentError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+    return float(connect_timeout)
+
+
+async def _open(
+    url: StoreURL,
+    plugin_manager: pluggy.PluginManager | None,
+    safety_margin: float | None,
+    health_interval: float,
+    connect_timeout: float,
+) -> AsyncStore:
+    pm = plugin_manager if plugin_manager is not None else default_plugin_manager()
+    backend = _make_backend(url, pm)
+    try:
+        store = AsyncStore(
+            backend, url, plugin_manager=pm, safety_margin=safety_margin, health_interval=health_interval
+        )
+    except BaseException:
+        await backend.close()
+        raise
+    try:
+        await store.reach(connect_timeout)
+    except BaseException:
+        await store._close_backend()
+        raise
+    return store
 
 
 async def aconnect(
@@ -251,98 +314,23 @@ async def aconnect(
     plugin_manager: pluggy.PluginManager | None = None,
     safety_margin: float | None = None,
     health_interval: float = DEFAULT_HEALTH_INTERVAL,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncStore:
     """Connect to the store at ``url`` (``etcd://h1:2379,h2:2379``, ``memory://``, ...), for asyncio.
 
-    The backend is chosen by the URL's scheme among installed plugins. The URL and its options
-    are validated here; the store itself need not be reachable yet (the elections retry).
+    The backend is chosen by the URL's scheme among installed plugins. ``connect`` returns once
+    the store has answered one request, on every backend; a store that does not answer within
+    ``connect_timeout`` seconds (refusals are retried meanwhile) is a StoreUnavailableError
+    naming it. Once connected, outages are retried and never end a stream.
 
     :raises UnknownBackendError: no installed backend handles the scheme (lists the installed ones).
     :raises ConfigurationError: the URL or an option is malformed.
+    :raises StoreUnavailableError: the store could not be reached within ``connect_timeout``.
+    :raises AuthenticationError: the store refused the credentials.
     """
-    backend, parsed, pm = _make_backend(url, plugin_manager)
-    store = AsyncStore(backend, parsed, plugin_manager=pm, safety_margin=safety_margin, health_interval=health_interval)
-    try:
-        await store.ensure_open()
-    except StoreUnavailableError as exc:
-        log.warning("store %s not reachable yet (%s); elections will retry", store.display_url, exc)
-    except BaseException:
-        await backend.close()
-        raise
-    return store
-
-
-class _LoopThread:
-    """An event loop in a daemon thread: the engine behind the sync API."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thaw = threading.Event()
-        self.frozen = False
-        self.abandoned = False
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-        self._ready.wait()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._ready.set)
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise LeadershipError("blocking leadership call made from inside an observer or the store's own loop")
-        return self.submit(coro).result(timeout)
-
-    def run_until_stopped(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        """Like run() with no timeout, but raises StopAsyncIteration if the loop stops first
-        (the store was closed or abandoned while a caller was blocked on a stream)."""
-        if self._gone():
-            coro.close()
-            raise StopAsyncIteration
-        fut = self.submit(coro)
-        while True:
-            try:
-                return fut.result(timeout=0.2)
-            except concurrent.futures.TimeoutError:
-                if self._gone():
-                    fut.cancel()
-                    raise StopAsyncIteration from None
-
-    def call(self, fn: Callable[[], _T]) -> _T:
-        async def wrapper() -> _T:
-            return fn()
-
-        return self.run(wrapper())
-
-    def _gone(self) -> bool:
-        return self.abandoned or not self.thread.is_alive() or not self.loop.is_running()
-
-    def freeze(self) -> None:
-        """Block the loop, as if the process were stopped (SIGSTOP) or killed: nothing runs, nothing
-        is cleaned up, until :meth:`thaw`. A frozen daemon thread dies with the process."""
-        self.frozen = True
-        self._thaw = threading.Event()
-        self.loop.call_soon_threadsafe(self._thaw.wait)
-
-    def thaw(self) -> None:
-        self.frozen = False
-        self._thaw.set()
-
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        if threading.current_thread() is not self.thread:
-            self.thread.join(timeout=10)
+    parsed = StoreURL.parse(url)
+    timeout = _check_connect_options(connect_timeout)
+    return await _open(parsed, plugin_manager, safety_margin, health_interval, timeout)
 
 
 class Store:
@@ -353,7 +341,7 @@ class Store:
     """
 
     def __init__(self, async_store_factory: Callable[[], Awaitable[AsyncStore]], name: str) -> None:
-        self._runner = _LoopThread(f"leadership-{name}")
+        self._runner = LoopThread(f"leadership-{name}")
         try:
             self.aio: AsyncStore = self._runner.run(_await(async_store_factory()))
         except BaseException:
@@ -394,13 +382,6 @@ class Store:
         """How many store sessions this connection holds open (one per ttl, normally)."""
         return self._runner.call(self.aio.session_count)
 
-    def _abandon(self) -> None:
-        """Stop the loop without releasing anything, as a crashed process would (for tests and demos)."""
-        self._closed = True
-        self._runner.abandoned = True
-        self._runner.thread._leadership_abandoned = True  # type: ignore[attr-defined]
-        self._runner.freeze()
-
     def __enter__(self) -> Store:
         return self
 
@@ -421,17 +402,15 @@ def connect(
     plugin_manager: pluggy.PluginManager | None = None,
     safety_margin: float | None = None,
     health_interval: float = DEFAULT_HEALTH_INTERVAL,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> Store:
     """Connect to the store at ``url`` for synchronous code; see :func:`aconnect`.
 
     ``safety_margin``: seconds a leader demotes itself before the store could expire its session
-    (default: a tenth of the session's guarantee, at most 1 s).
+    (default: a tenth of the session's guarantee, at most 1 s). ``connect_timeout``: how long to
+    try reaching the store before raising StoreUnavailableError (default 10 s).
     """
-    # Parse and validate in the caller's thread, so a bad URL is an error at this call.
-    StoreURL.parse(url)
-    return Store(
-        lambda: aconnect(
-            url, plugin_manager=plugin_manager, safety_margin=safety_margin, health_interval=health_interval
-        ),
-        StoreURL.parse(url).scheme,
-    )
+    # Parsed and checked in the caller's thread, so a bad URL is an error at this call.
+    parsed = StoreURL.parse(url)
+    timeout = _check_connect_options(connect_timeout)
+    return Store(lambda: _open(parsed, plugin_manager, safety_margin, health_interval, timeout), parsed.scheme)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import leadership
-from leadership_conformance import ConformanceSuite
+from leadership_conformance import ClusterFailoverTests, ConformanceSuite
 from leadership_conformance.servers import StoreServer, server_for
 
 
@@ -62,6 +62,21 @@ class TestConformanceConsul(ConformanceSuite):
                 time.sleep(3 * store.aio.health_interval + 1)
             assert not demoted, f"leaders demoted by restarts far shorter than their ttl: {demoted}"
             assert all(c.is_leader for c in candidates)
+
+
+class TestClusterFailoverConsul(ClusterFailoverTests):
+    """Three Consul servers behind the client agent the candidates talk to; the servers' raft
+    leader is killed in the middle of a handover. The client agent forwards to whichever server
+    leads; sessions are checked against the agent's node, which stays up."""
+
+    ttl = 20.0
+    store_slack = 1.0
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def leadership_server(cls) -> Iterator[StoreServer]:
+        with server_for("consul", members=3) as server:
+            yield server
 
 
 def _lengthen_raft_log(url: str, key: str, writes: int) -> None:

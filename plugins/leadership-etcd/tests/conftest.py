@@ -1,7 +1,7 @@
 """The etcd server the backend tests talk to.
 
 ``LEADERSHIP_TEST_ETCD_URL`` points at a running server (e.g. ``etcd://127.0.0.1:2379``);
-otherwise the conformance kit starts one (``leadership_conformance.servers.server_for``).
+otherwise the kit's ``server_for`` starts one from ``leadership_etcd.testing``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,6 @@ def etcd_url() -> Iterator[str]:
     except ImportError as exc:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"no etcd server: set {URL_ENV} or install leadership-conformance with servers ({exc})")
+        pytest.skip(f"no etcd server: set {URL_ENV} or install leadership-etcd[testing] ({exc})")
     with server_for("etcd") as server:
         yield str(server.url)

@@ -1,7 +1,7 @@
 """Faults: member restart, frozen members, the raft leader of a three-member cluster killed.
 
 The cluster comes from local ``etcd`` processes when the binary is installed (Debian:
-etcd-server), else from the conformance kit's Docker handles (``start_etcd``); set
+etcd-server), else from the plugin's Docker test servers (``leadership_etcd.testing.start_etcd``); set
 ``LEADERSHIP_TEST_ETCD_FAULTS`` to ``local`` or ``docker`` to choose."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class KitCluster:
     """The conformance kit's Docker handle behind the same small interface."""
 
     def __init__(self, size: int) -> None:
-        from leadership_conformance.servers import start_etcd
+        from leadership_etcd.testing import start_etcd
 
         self.server: Any = start_etcd(size)
         self.url = str(self.server.url)

@@ -11,10 +11,6 @@ import pytest
 from leadership_conformance.servers import server_for
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: needs a multi-member ZooKeeper ensemble in containers")
-
-
 @pytest.fixture(scope="session")
 def zk_server() -> Iterator[Any]:
     server = server_for("zookeeper")

@@ -218,6 +218,52 @@ def test_session_expiry_is_reported_and_releases(zk_url: str) -> None:
     run(main())
 
 
+def test_a_session_lost_as_it_is_opened_is_a_transient_error(zk_url: str) -> None:
+    """Regression (found by the fault campaign on an ensemble): the session can expire between
+    the client connecting and the session object being made, and kazoo then forgets its id. That
+    raised TypeError and ended the candidate's stream for good; it is a lost session, which the
+    caller replaces (the variant where only the connection drops is tested below)."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            real_connect = backend._connect
+
+            async def connect_then_lose(timeout: float) -> Any:
+                client, handshake = await real_connect(timeout)
+                thief = KazooClient(hosts=backend.hosts, client_id=client.client_id, timeout=timeout)
+
+                def take_over_and_close() -> None:
+                    thief.start(timeout=WAIT)
+                    thief.stop()
+                    thief.close()
+
+                await asyncio.get_running_loop().run_in_executor(None, take_over_and_close)
+                await until(lambda: _true(client.client_id is None), WAIT + TTL)  # kazoo saw the loss
+                return client, handshake
+
+            backend._connect = connect_then_lose  # type: ignore[method-assign]
+            try:
+                lost_session = await backend.create_session(TTL)
+            except (SessionLostError, StoreUnavailableError):
+                pass  # reported at once
+            else:  # or adopted and reported lost like any session
+                lost = asyncio.Event()
+                lost_session.set_lost_callback(lost.set)
+                await asyncio.wait_for(lost.wait(), WAIT + TTL)
+                with pytest.raises(SessionLostError):
+                    await lost_session.refresh()
+                await lost_session.close()
+            backend._connect = real_connect  # type: ignore[method-assign]
+            session = await backend.create_session(TTL)  # the next attempt works
+            await session.close()
+
+    run(main())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 def test_waiting_campaign_on_expired_session_never_wins(zk_url: str) -> None:
     async def main() -> None:
         async with opened(zk_url) as backend:
@@ -471,7 +517,7 @@ def test_digest_credentials_and_acls(zk_url: str, zk_server: Any) -> None:
 def test_ensemble_member_killed_session_survives() -> None:
     if os.environ.get("LEADERSHIP_TEST_ZOOKEEPER_URL"):
         pytest.skip("needs a container ensemble to kill a member (LEADERSHIP_TEST_ZOOKEEPER_URL is set)")
-    from leadership_conformance.servers import start_zookeeper
+    from leadership_zookeeper.testing import start_zookeeper
 
     server = start_zookeeper(3)
     try:
@@ -509,3 +555,28 @@ def test_ensemble_member_killed_session_survives() -> None:
         run(main())
     finally:
         server.stop()
+
+
+def test_connection_down_again_before_the_session_is_adopted(zk_url: str) -> None:
+    """Regression: under CPU starvation a new client's connection can drop between its CONNECTED
+    notice and the loop reading it; ``client.client_id`` is then None and reading its session id
+    from it raised TypeError ('NoneType' object is not subscriptable), which ended the user's
+    stream. The session id now comes from the handshake, and the session recovers or is lost."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            client, handshake = await backend._connect(TTL)
+            client._call(_CONNECTION_DROP, client.handler.async_result())
+            await until(lambda: _done(not client.connected))
+            assert client.client_id is None, "the window of the race: connected once, down now"
+            assert handshake is not None
+            s = await backend._adopt(client, TTL, handshake)
+            assert s.session_id == handshake[1] and s.id.startswith("0x")
+            # kazoo reconnects to the same session: it is confirmed and usable.
+            await until(lambda: _done(client.connected))
+            await s.refresh()
+            term = await asyncio.wait_for(backend.campaign(s, "race", "a"), WAIT)
+            assert term.leader == "a"
+            await s.close()
+
+    run(main())

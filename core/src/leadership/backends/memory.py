@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from typing import ClassVar
 
 from ..backend import Backend, Session, Term
-from ..errors import SessionLostError, StoreUnavailableError
-from ..plugins import hookimpl
+from ..errors import ConfigurationError, SessionLostError, StoreUnavailableError
+from ..hookspecs import hookimpl
 from ..registry import BackendRegistry
 from ..url import StoreURL
 
@@ -208,8 +208,6 @@ class MemoryBackend(Backend):
     def __init__(self, url: StoreURL) -> None:
         url.reject_unknown_options()
         if len(url.endpoints) > 1 or (url.endpoints and url.endpoints[0].port is not None):
-            from ..errors import ConfigurationError
-
             raise ConfigurationError(f"memory URL {url.raw!r}: expected 'memory://' or 'memory://NAME'")
         self.cluster = cluster(url.endpoints[0].host if url.endpoints else "default")
 

@@ -31,8 +31,8 @@ from collections.abc import AsyncGenerator, Callable, Hashable, Mapping, Sequenc
 from typing import Any, ClassVar
 
 import aiohttp
-import consul
-import consul.aio
+import consul  # type: ignore[import-untyped,unused-ignore]
+import consul.aio  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.backend import Backend, Session, Term
 from leadership.errors import (

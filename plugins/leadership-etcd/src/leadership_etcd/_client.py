@@ -280,9 +280,12 @@ class WatchStream:
             if not response.created:
                 raise StoreUnavailableError(f"etcd {member.target}: watch was not confirmed")
             self._check(response)
-        except BaseException as exc:
+        except BaseException:
             self._call.cancel()
-            if timed_out and not isinstance(exc, asyncio.CancelledError):
+            # Our timer cancelling the call makes grpc raise CancelledError into this task: that
+            # is the timeout, not a cancellation of the task (which must propagate). Raising it
+            # would end the caller's watch loop as if it had been stopped.
+            if timed_out and not _task_cancelled():
                 self._client._failed(member)
                 raise StoreUnavailableError(
                     f"etcd {member.target}: watch not confirmed within {self._client.timeout:g}s"
@@ -329,6 +332,14 @@ class WatchStream:
             if "permission denied" in reason:
                 raise AuthenticationError(f"etcd {self._member.target}: watch refused: {reason}")
             raise StoreUnavailableError(f"etcd {self._member.target}: watch canceled by the server: {reason}")
+
+
+def _task_cancelled() -> bool:
+    """Whether the current task has a cancellation request pending (Python 3.11+; on 3.10 a
+    CancelledError raised while our own timer fired is taken for the timeout)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 def _code(exc: BaseException) -> Any:

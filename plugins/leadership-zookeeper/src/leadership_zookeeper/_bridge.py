@@ -17,8 +17,8 @@ import queue
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kazoo import exceptions as kz
-from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
+from kazoo.handlers.threading import SequentialThreadingHandler  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.errors import (
     AuthenticationError,

@@ -15,16 +15,17 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, ClassVar
 
-from kazoo import exceptions as kz
-from kazoo.client import KazooClient
-from kazoo.protocol.serialization import Connect
-from kazoo.protocol.states import EventType, KazooState, KeeperState
-from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL
+from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
+from kazoo.client import KazooClient  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.serialization import Connect  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.states import EventType, KazooState, KeeperState  # type: ignore[import-untyped,unused-ignore]
+from kazoo.retry import KazooRetry  # type: ignore[import-untyped,unused-ignore]
+from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.backend import Backend, Session, Term
 from leadership.errors import (
@@ -41,6 +42,36 @@ from ._bridge import PASS_THROUGH, InlineHandler, link, post, translate, watch_f
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
 log = logging.getLogger(__name__)
+
+
+class _OncePerMinute(logging.Filter):
+    """kazoo logs every dropped connection of every client; under overload (one client per
+    session, hundreds of sessions) that is thousands of lines saying one thing. Let one of its
+    warnings through a minute, with a count of the others; the core reports what it means for
+    the elections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -60.0
+        self._skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now - self._last < 60.0:
+            self._skipped += 1
+            return False
+        if self._skipped:
+            record.msg = f"{record.getMessage()} ({self._skipped} more kazoo warnings in the last minute)"
+            record.args = ()
+        self._last, self._skipped = now, 0
+        return True
+
+
+#: The logger kazoo's clients use (kazoo's own by default): rate-limited, see _OncePerMinute.
+kazoo_log = logging.getLogger(f"{__name__}.kazoo")
+kazoo_log.addFilter(_OncePerMinute())
 
 DEFAULT_PORT = 2181
 DEFAULT_BASE = "/leadership"
@@ -104,6 +135,7 @@ class ZooKeeperSession(Session):
         ttl: float,
         negotiated: float,
         loop: asyncio.AbstractEventLoop,
+        session_id: int,
     ) -> None:
         super().__init__(ttl)
         self._backend = backend
@@ -111,7 +143,9 @@ class ZooKeeperSession(Session):
         self.loop = loop
         #: The session timeout the server granted (seconds); at most ``ttl``.
         self.negotiated = negotiated
-        self.session_id: int = client.client_id[0]
+        #: From the server's handshake reply, not ``client.client_id``: that one is None whenever
+        #: the connection is down, which it may already be again by the time the loop runs here.
+        self.session_id = session_id
         #: Every entry of this session starts with it: found again after a lost reply to a create.
         self.prefix = f"{_PREFIX}{_SEP}{self.session_id:016x}{_SEP}"
         #: key -> this session's entry node name, once known.
@@ -174,7 +208,7 @@ class ZooKeeperSession(Session):
         if self.lost_reason is not None or self.closing:
             return
         self.lost_reason = reason
-        log.warning("ZooKeeper session %s lost: %s", self.id, reason)
+        log.debug("ZooKeeper session %s lost: %s", self.id, reason)  # the core says it, rate-limited
         self.notify_lost()
 
     def forget(self, key: str) -> None:
@@ -237,8 +271,10 @@ class ZooKeeperBackend(Backend):
     """``zookeeper://host:port[,host:port...][/base][?options]``"""
 
     #: ZooKeeper negotiates session timeouts into [2, 20] x tickTime (default tickTime 2 s, so
-    #: 4 s); this is only a static floor, the server's real minimum is checked per session.
-    min_ttl: ClassVar[float] = 0.5
+    #: 4 s). This static floor is what the core can keep alive (a refresh every ~0.06 s); the
+    #: server's own minimum (2 x tickTime unless minSessionTimeout is set) is only known once a
+    #: session opens, and a ttl below it ends the election with InvalidTTLError naming it.
+    min_ttl: ClassVar[float] = 0.2
     max_ttl: ClassVar[float | None] = None
 
     def __init__(self, url: StoreURL) -> None:
@@ -297,8 +333,9 @@ class ZooKeeperBackend(Backend):
         return f"{self.base}/{'/'.join(segments)}"
 
     # -- clients ---------------------------------------------------------------------------------
-    def _new_client(self, session_timeout: float, inline: bool) -> tuple[Any, list[float]]:
-        """A KazooClient, not started, and a list that receives the negotiated session timeout."""
+    def _new_client(self, session_timeout: float, inline: bool) -> tuple[Any, list[tuple[float, int]]]:
+        """A KazooClient, not started, and a list that receives (negotiated session timeout,
+        session id) from every handshake."""
         # Reconnect quickly (a session survives only if we are back within its timeout); kazoo's
         # default backs off to an hour.
         retry = KazooRetry(
@@ -317,23 +354,26 @@ class ZooKeeperBackend(Backend):
             ca=self.ca_cert,
             certfile=self.client_cert,
             keyfile=self.client_key,
+            logger=kazoo_log,
         )
-        negotiated: list[float] = []
-        # kazoo keeps the negotiated session timeout in a local variable; record it from the
-        # connect reply (the only request of type Connect) before the CONNECTED callback fires.
+        negotiated: list[tuple[float, int]] = []
+        # kazoo keeps the negotiated session timeout in a local variable; record it (and the
+        # session id) from the connect reply (the only request of type Connect) before the
+        # CONNECTED callback fires.
         connection = client._connection
         invoke = connection._invoke
 
         def recording_invoke(timeout: float, request: Any, xid: Any = None) -> Any:
             result = invoke(timeout, request, xid)
             if isinstance(request, Connect):
-                negotiated.append(result[0].time_out / 1000.0)
+                negotiated.append((result[0].time_out / 1000.0, result[0].session_id))
             return result
 
         connection._invoke = recording_invoke
         return client, negotiated
 
-    async def _connect(self, session_timeout: float, inline: bool = True) -> tuple[Any, float | None]:
+    async def _connect(self, session_timeout: float, inline: bool = True) -> tuple[Any, tuple[float, int] | None]:
+        """A started client with a session, and (negotiated timeout, session id) of its handshake."""
         loop = asyncio.get_running_loop()
         client, negotiated = self._new_client(session_timeout, inline)
         connected: asyncio.Future[bool] = loop.create_future()
@@ -447,10 +487,21 @@ class ZooKeeperBackend(Backend):
             await self.stop_client(reader)
 
     async def create_session(self, ttl: float) -> ZooKeeperSession:
-        client, negotiated = await self._connect(ttl)
-        if negotiated is None:  # a kazoo without the hook we rely on: trust the request
+        client, handshake = await self._connect(ttl)
+        return await self._adopt(client, ttl, handshake)
+
+    async def _adopt(self, client: Any, ttl: float, handshake: tuple[float, int] | None) -> ZooKeeperSession:
+        """The session of a client that has just connected. Its connection may be down again by
+        now (a slow process misses its pings): the session is then either resumed by kazoo or
+        reported lost, like any session's, and never read from the disconnected client."""
+        if handshake is None:  # a kazoo without the hook we rely on: trust the request
             log.warning("could not read the negotiated ZooKeeper session timeout; assuming %gs", ttl)
-            negotiated = ttl
+            client_id = client.client_id
+            if client_id is None:
+                await self.stop_client(client)
+                raise StoreUnavailableError(f"the connection to ZooKeeper at {self.hosts} dropped opening a session")
+            handshake = (ttl, client_id[0])
+        negotiated, session_id = handshake
         # The server silently raises a timeout below its minimum: such a session would outlive the
         # ttl, breaking the promise that a crashed leader blocks the key at most ttl seconds.
         if negotiated > ttl + 0.001:
@@ -461,7 +512,11 @@ class ZooKeeperBackend(Backend):
             )
         if negotiated < ttl - 0.001:
             log.info("ZooKeeper granted a %gs session timeout for ttl %gs (the server's maximum)", negotiated, ttl)
-        session = ZooKeeperSession(self, client, ttl, negotiated, asyncio.get_running_loop())
+        session = ZooKeeperSession(self, client, ttl, negotiated, asyncio.get_running_loop(), session_id)
+        if client.client_state in (KeeperState.EXPIRED_SESSION, KeeperState.CLOSED):
+            # Lost before the listener that reports it was added: say so now.
+            await session.close()
+            raise SessionLostError(f"ZooKeeper session {session.id} expired while it was being opened")
         self._sessions.add(session)
         return session
 

@@ -12,7 +12,7 @@ from leadership_conformance.memory import MemoryServer
 
 class TestMemoryConformance(ConformanceSuite):
     ttl = 0.6
-    store_slack = 0.05
+    store_slack = 0.25
     supports_processes = False  # in-process store: agents run in threads with their own loops
     handover_timeout = 3.0
     recovery_time = 2.0
@@ -23,4 +23,12 @@ class TestMemoryConformance(ConformanceSuite):
     def leadership_server(cls) -> Iterator[MemoryServer]:
         server = MemoryServer()
         yield server
+        server.stop()
+
+    @pytest.fixture
+    def unreachable_url(self) -> Iterator[str]:
+        """A memory store never reachable (memory URLs name a store, not an address)."""
+        server = MemoryServer()
+        server.pause()
+        yield server.url
         server.stop()
