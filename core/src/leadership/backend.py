@@ -242,6 +242,18 @@ class Backend(abc.ABC):
         core's :meth:`Session.refresh` calls. The backend is never used again afterwards.
         """
 
+    async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
+        """Optional: return once ``term``, won by ``session``, no longer leads ``key`` (its entry is
+        gone, or another entry leads). Raise StoreUnavailableError when the watch breaks; the core
+        calls again (also after the store comes back or restarts).
+
+        The core watches a leader's own term with this when a backend implements it — typically
+        one watch on the leader's own entry, armed while campaigning, on the leader's own session,
+        so that a handover costs no reads on the new leader's side — and with :meth:`observe`
+        otherwise.
+        """
+        raise NotImplementedError
+
     async def ping(self) -> Hashable:
         """A cheap round trip used as a health check while watches are open.
 
