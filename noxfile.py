@@ -156,10 +156,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Handover, follower-notification and idle-cost benchmarks (docs/design.md). Args: store URL."""
+    """Handover latency and store requests against each store's peer (kazoo Election, etcdctl
+    elect, consul lock; interleaved on the same servers): ``nox -s bench [-- zookeeper --rounds 20]``
+    (bench/handover.py). Many elections per process: ``nox -s bench -- scale [--elections N]``
+    (bench/scale.py). Needs Docker; installs etcdctl (apt) or copies consul out of its image if missing."""
     plugins = (arg for p in PLUGINS.values() for arg in ("-e", f"{p}[testing]"))
     session.install("-e", "./core", "-e", "./conformance", *plugins)
-    session.run("python", "bench/bench.py", *session.posargs)
+    if session.posargs[:1] == ["scale"]:
+        session.run("python", "bench/scale.py", *session.posargs[1:])
+    else:
+        session.run("python", "bench/handover.py", *session.posargs)
 
 
 def distributions() -> list[str]:

@@ -5,7 +5,7 @@
 Uses the public sync API as a user would (one thread consuming each candidate's stream) and
 prints one line of figures: when the first leader was elected, the share of samples (every
 50 ms) with exactly one leader / none / several, elections and demotions by reason, streams that
-ended with an error, and the library's log lines (WARNING and above) per minute.
+ended with an error, and the process's log lines (WARNING and above, any logger) per minute.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, required=True)
     parser.add_argument("--duration", type=float, default=60.0)
     args = parser.parse_args()
+    # Every logger's lines count (a backend's client library logs too), as a user's log shows them.
     count = Count()
-    logging.getLogger("leadership").addHandler(count)
-    logging.getLogger("leadership").setLevel(logging.WARNING)
+    logging.getLogger().addHandler(count)
+    logging.getLogger().setLevel(logging.WARNING)
     tally = Tally()
     pm = leadership.get_plugin_manager()
     pm.register(tally, name="overload-tally")

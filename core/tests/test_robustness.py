@@ -90,3 +90,19 @@ def test_lost_sessions_are_not_replaced_in_a_tight_loop(url: str, cluster: Any) 
         assert opened <= 25, f"{opened} sessions opened in 3 s: replaced in a tight loop"
         assert c.wait_elected(5).leader == "a", "and the election recovers once sessions live again"
         c.stop()
+
+
+def test_the_overload_warning_quiets_its_echoes(caplog: pytest.LogCaptureFixture) -> None:
+    """Once the log says the ttl is too short for the load, the refresh timeouts and lost
+    sessions that follow from it are not news: one line, not one per kind of echo."""
+    store_log = StoreLog("zookeeper://h:1", Observers(leadership.get_plugin_manager(load_entrypoints=False), "x"))
+    with caplog.at_level(logging.WARNING, logger="leadership"):
+        store_log.warn_once("ttl-too-short", "ttl %gs is too short for this process's load", 0.5)
+        store_log.report_error(TimeoutError(), "refresh", 1, 0.05)
+        store_log.report_error(leadership.StoreUnavailableError("ConnectionLoss"), "campaign", 1, 0.05)
+        store_log.report_error(leadership.SessionLostError("expired"), "refresh", 1, None)
+        store_log.warn_once("session-lost", "store reports session %s lost", "0x1")
+        store_log.report_error(KeyError("bug"), "campaign", 1, 0.05)  # a bug is still news
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "ttl 0.5s is too short for this process's load"
+    assert len(lines) == 2 and "unexpected KeyError" in lines[1], lines

@@ -77,6 +77,16 @@ class StoreLog:
         self.observers = observers
         #: kind -> (monotonic time of its last line, failures since then not logged)
         self._last: dict[tuple[str, ...], tuple[float, int]] = {}
+        #: When the "ttl too short for this process's load" warning was last given.
+        self._overloaded_at = -LOG_INTERVAL
+
+    #: The warning that explains the others: while it holds, transient failures are its echo.
+    OVERLOAD = "ttl-too-short"
+
+    def _quiet(self) -> bool:
+        """True within a minute of the overload warning: transient failures and lost sessions
+        are then what it already said, and go to DEBUG (observers still see every one)."""
+        return time.monotonic() - self._overloaded_at < LOG_INTERVAL
 
     def _due(self, kind: tuple[str, ...]) -> int | None:
         """None if a line about ``kind`` was logged less than LOG_INTERVAL ago (counted), else
@@ -90,6 +100,11 @@ class StoreLog:
         return skipped
 
     def warn_once(self, topic: str, message: str, *args: object) -> None:
+        if topic == self.OVERLOAD:
+            self._overloaded_at = time.monotonic()
+        elif self._quiet():
+            log.debug(message, *args)
+            return
         skipped = self._due(("warn", topic))
         if skipped is None:
             log.debug(message, *args)
@@ -107,7 +122,7 @@ class StoreLog:
             if is_permanent(error):
                 log.error("%s failed permanently: %s", where, text)
             elif isinstance(error, SessionLostError):
-                skipped = self._due((operation, "lost"))
+                skipped = None if self._quiet() else self._due((operation, "lost"))
                 if skipped is not None:  # under overload many sessions are lost alike
                     more = f" ({skipped} more in the last {LOG_INTERVAL:.0f}s)" if skipped else ""
                     log.warning("%s: %s; its elections campaign again on a new session%s", where, text, more)
@@ -115,7 +130,7 @@ class StoreLog:
                 log.warning("%s failed (%s); not retried (retry=None): the stream ends with this error", where, text)
             return
         unexpected = not isinstance(error, (LeadershipError, TimeoutError, asyncio.TimeoutError))
-        skipped = self._due((operation, type(error).__name__))
+        skipped = None if self._quiet() and not unexpected else self._due((operation, type(error).__name__))
         if skipped is None:
             log.debug("%s failed %d times (%s); retrying in %.2fs", where, attempt, text, retry_in)
             return

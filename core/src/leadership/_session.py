@@ -9,7 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from ._util import Backoff, Flag, is_permanent, nap
+from ._util import Backoff, Flag, is_permanent, nap, settle
 from .backend import Backend, Session
 from .errors import ClosedError, SessionLostError, StoreUnavailableError
 from .retry import DEFAULT_RETRY, MIN_RETRY_DELAY
@@ -232,6 +232,7 @@ class SharedSession:
                 return
             except SessionLostError as exc:  # a session lost while being opened: open another
                 self._transient = exc
+                self._changed.set()
                 await opening.failed(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - sorted by is_permanent
@@ -376,17 +377,9 @@ class SharedSession:
         if self.current is not None:
             self.current.lose("stopped")
         if self._task is not None:
-            task = self._task
             # The task ends at once unless it is opening a session on a store that does not answer.
-            _, pending = await asyncio.wait([task], timeout=self.host.close_time_left() / 3)
-            if pending:
-                task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await settle([self._task], self.host.close_time_left() / 3)
         if self._reapers:
-            reapers = list(self._reapers)
-            _, pending = await asyncio.wait(reapers, timeout=self.host.close_time_left())
-            for reaper in pending:
-                reaper.cancel()
-            await asyncio.gather(*reapers, return_exceptions=True)
+            await settle(list(self._reapers), self.host.close_time_left())
         if self._timer is not None:
             self._timer.cancel()

@@ -139,6 +139,20 @@ def abandon(task: asyncio.Future[Any]) -> None:
     task.add_done_callback(_retrieve)
 
 
+async def settle(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Give ``tasks`` ``timeout`` seconds to end, cancel the rest and give them as long again to
+    finish cancelling; whatever still runs then is left behind (its outcome retrieved). A
+    backend call that blocks on cancel (a client closing a connection to a frozen store) must
+    not hold up closing."""
+    _, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=max(0.05, timeout))
+        for task in stuck:
+            abandon(task)
+
+
 class Flag:
     """An asyncio.Event that can also hand out plain futures, so racing it against other work
     costs no extra task (the core races flags on every handover)."""
@@ -147,7 +161,9 @@ class Flag:
 
     def __init__(self) -> None:
         self._set = False
-        self._waiters: list[asyncio.Future[None]] = []
+        # A dict, not a list: thousands of elections race the same flag (their session's loss,
+        # the store's epoch), and each race discards its future again.
+        self._waiters: dict[asyncio.Future[None], None] = {}
 
     def is_set(self) -> bool:
         return self._set
@@ -155,7 +171,7 @@ class Flag:
     def set(self) -> None:
         if not self._set:
             self._set = True
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, {}
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -169,14 +185,11 @@ class Flag:
         if self._set:
             fut.set_result(None)
         else:
-            self._waiters.append(fut)
+            self._waiters[fut] = None
         return fut
 
     def discard(self, fut: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
+        self._waiters.pop(fut, None)
 
     async def wait(self) -> None:
         if self._set:

@@ -154,6 +154,9 @@ class HookimplMarker:
 
 
 hookimpl = HookimplMarker()
+"""Marks a plugin's hook implementations: ``@leadership.hookimpl def leadership_elected(...)``;
+takes pluggy's options (``tryfirst``, ``trylast``, ``wrapper``, ``hookwrapper``, ...). Observer
+implementations marked with it are isolated: an exception in one is logged, the others run."""
 
 
 @hookspec

@@ -142,6 +142,11 @@ class AsyncStore:
         elif close.exception() is not None:
             log.warning("closing backend for %s failed: %s", self.display_url, describe(close.exception()))  # type: ignore[arg-type]
 
+    @property
+    def closing(self) -> bool:
+        """True from the start of close()."""
+        return self._close_by is not None
+
     def close_time_left(self) -> float:
         """What is left of the time close() may take (a full budget outside of close())."""
         if self._close_by is None:

@@ -218,6 +218,52 @@ def test_session_expiry_is_reported_and_releases(zk_url: str) -> None:
     run(main())
 
 
+def test_a_session_lost_as_it_is_opened_is_a_transient_error(zk_url: str) -> None:
+    """Regression (found by the fault campaign on an ensemble): the session can expire between
+    the client connecting and the session object being made, and kazoo then forgets its id. That
+    raised TypeError and ended the candidate's stream for good; it is a lost session, which the
+    caller replaces (the variant where only the connection drops is tested below)."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            real_connect = backend._connect
+
+            async def connect_then_lose(timeout: float) -> Any:
+                client, handshake = await real_connect(timeout)
+                thief = KazooClient(hosts=backend.hosts, client_id=client.client_id, timeout=timeout)
+
+                def take_over_and_close() -> None:
+                    thief.start(timeout=WAIT)
+                    thief.stop()
+                    thief.close()
+
+                await asyncio.get_running_loop().run_in_executor(None, take_over_and_close)
+                await until(lambda: _true(client.client_id is None), WAIT + TTL)  # kazoo saw the loss
+                return client, handshake
+
+            backend._connect = connect_then_lose  # type: ignore[method-assign]
+            try:
+                lost_session = await backend.create_session(TTL)
+            except (SessionLostError, StoreUnavailableError):
+                pass  # reported at once
+            else:  # or adopted and reported lost like any session
+                lost = asyncio.Event()
+                lost_session.set_lost_callback(lost.set)
+                await asyncio.wait_for(lost.wait(), WAIT + TTL)
+                with pytest.raises(SessionLostError):
+                    await lost_session.refresh()
+                await lost_session.close()
+            backend._connect = real_connect  # type: ignore[method-assign]
+            session = await backend.create_session(TTL)  # the next attempt works
+            await session.close()
+
+    run(main())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 def test_waiting_campaign_on_expired_session_never_wins(zk_url: str) -> None:
     async def main() -> None:
         async with opened(zk_url) as backend:

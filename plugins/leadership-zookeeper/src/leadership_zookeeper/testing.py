@@ -24,7 +24,7 @@ from leadership_conformance.containers import (
     unique_name,
     with_port_retry,
 )
-from leadership_conformance.servers import PROBE_TIMEOUT, Member
+from leadership_conformance.servers import PROBE_TIMEOUT, FaultProfile, Member
 
 __all__ = ["ZOOKEEPER_IMAGE", "ZooKeeperServer", "start_zookeeper"]
 
@@ -47,6 +47,7 @@ class ZooKeeperServer(ContainerServer):
 
     scheme = "zookeeper"
     default_port = 2181
+    fault_profile = FaultProfile(ttl=2.0, recovery_slack=3.0)
 
     def _word(self, member: Member, command: str) -> str:
         reply = four_letter_word(member.host, member.port, command)
@@ -86,8 +87,10 @@ class ZooKeeperServer(ContainerServer):
 
     @classmethod
     def start(cls, members: int = 1) -> ZooKeeperServer:
-        """A server or ensemble with tickTime 250 ms (see :func:`start_zookeeper`)."""
-        return start_zookeeper(members)
+        """A server or ensemble with tickTime 250 ms (see :func:`start_zookeeper`) that grants
+        session timeouts of 0.5-60 s: long sessions ping rarely, which keeps client pings (counted
+        as packets) from blurring the no-herd test's request counts."""
+        return start_zookeeper(members, max_session_timeout_ms=60_000)
 
 
 def start_zookeeper(
