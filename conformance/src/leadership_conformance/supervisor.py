@@ -305,6 +305,21 @@ class RunCommandTests(ConformanceBase):
         assert kinds[-1] == "term"
         assert gone - child_runs(log)[0].last < self.ttl / 2, "not released at once"
 
+    def test_bad_input_for_this_store_is_one_line_and_exit_2(self, store_url: str, election_key: str) -> None:
+        """A ttl below this store's minimum and an option its URL does not know are refused by the
+        command in one line with exit 2, before the store is used."""
+        option = "&" if "?" in store_url else "?"
+        cases = [
+            (["run", "--store", store_url, "--ttl", "0.001", election_key, "--", "true"], "below the minimum"),
+            (["campaign", "--store", store_url, "--ttl", "0.001", election_key, "me"], "below the minimum"),
+            (["run", "--store", f"{store_url}{option}bogus_option=1", election_key, "--", "true"], "bogus_option"),
+        ]
+        for args, message in cases:
+            result = subprocess.run([*LEADERSHIP, *args], capture_output=True, text=True, timeout=PROCESS_START)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2, (args, result.returncode, result.stderr)
+            assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
     def test_status_and_watch_follow_the_election(self, store_url: str, election_key: str, tmp_path: Path) -> None:
         if not self.supports_processes:
             pytest.skip("an in-process store cannot be shared with 'leadership' command processes")

@@ -59,8 +59,14 @@ left of it" is the whole budget when a step runs outside ``store.close()``) and
 * ``withdraw`` — on ``stop()``: ``wait_for`` ``STOP_WITHDRAW_TIMEOUT``, once; skipped when the
   session is already lost, while the store is known unreachable (a ``ping`` or ``refresh``
   could not reach it and none has succeeded since) and during ``store.close()`` (revoking the
-  session releases every entry in one request). After a resign, or when another candidate shows
-  as leader: raced against stop and session loss, retried with backoff while the session lives.
+  session releases every entry in one request). When it was skipped or failed and other
+  elections keep the session alive, it is retried in the background after ``stop()`` returns:
+  ``wait_for`` ``max(1 s, refresh_interval)``, with backoff (at once when the store comes back),
+  raced against session loss, until it succeeds, the session is lost or the store closes (then
+  cancelled like ``create_session``: the revocation removes the entry). When the stopped
+  election was the session's last, the session is revoked instead (``Session.close``). After a
+  resign, or when another candidate shows as leader: raced against stop and session loss,
+  retried with backoff while the session lives.
 * ``get_leader`` — used by the default ``Backend.ping``, and once, under ``wait_for`` 0.5 s, to
   name the leader in the ``ElectionTimeoutError`` of ``wait_elected`` / ``hold``.
 * ``observe`` — each ``__anext__`` is cancelled by stop and whenever the store comes back or

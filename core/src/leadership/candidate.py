@@ -91,6 +91,8 @@ class AsyncCandidate:
         self._shared: SharedSession | None = None
         self._term: Term | None = None
         self._gen: Generation | None = None
+        #: The generation whose entry for our key stop() could not withdraw (see _cleanup).
+        self._leftover: Generation | None = None
         self._last: bool | None = None
         self._resign = Flag()
         self._stop = Flag()
@@ -160,8 +162,12 @@ class AsyncCandidate:
             self._stream.close()
         if self._shared is not None:
             shared, self._shared = self._shared, None
-            await self.store.release_session(shared, self.key, patient=self.retry is not None)
+            await self._release(shared)
         self.store._unregister(self)
+
+    async def _release(self, shared: SharedSession) -> None:
+        leftover, self._leftover = self._leftover, None
+        await self.store.release_session(shared, self.key, patient=self.retry is not None, entry=leftover)
 
     async def wait_elected(self, timeout: float | None = None) -> Term:
         """Wait until this candidate leads (starting the campaign if needed) and return the term."""
@@ -254,7 +260,7 @@ class AsyncCandidate:
                 # The stream is over: a session kept for it alone would retry on, unasked. (Before
                 # the stream ends: the caller may start a new one as soon as it sees the end.)
                 self._shared = None
-                await self.store.release_session(shared, self.key, patient=self.retry is not None)
+                await self._release(shared)
             self.last_error = error
             if self._stream is not None:
                 self._stream.close(error)
@@ -265,14 +271,21 @@ class AsyncCandidate:
     async def _cleanup(self) -> None:
         self._set_demoted(None, "stopped")
         gen = self._gen
+        self._leftover = None
         # Not while the store closes: revoking the session, one request, releases every entry on
         # it; and not while the store is known unreachable. Bounded: stop() is prompt.
-        if gen is not None and gen.alive() and self.store.healthy and not self.store.closing:
+        if gen is None or not gen.alive() or self.store.closing:
+            return
+        if self.store.healthy:
             try:
                 budget = STOP_WITHDRAW_TIMEOUT
                 await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
+                return
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))
+        # The entry may still be in the store, and other elections may keep the session alive
+        # for as long as they run: releasing the session hands it to a background withdraw.
+        self._leftover = gen
 
     async def _lead(self, gen: Generation, term: Term) -> None:
         self._resign.clear()
