@@ -50,7 +50,9 @@ def _needs_docker(folder: str) -> bool:
     return bool(settings.get("leadership-conformance", {}).get("needs-docker", True))
 
 
-PLUGINS = _discover("plugins/*")
+#: Plugins that observe elections (no store): unit-tested with the core, on the memory store.
+OBSERVERS = {"prometheus": "plugins/leadership-prometheus"}
+PLUGINS = {scheme: folder for scheme, folder in _discover("plugins/*").items() if folder not in OBSERVERS.values()}
 EXAMPLES = _discover("examples/*")
 _REPORT_DIR = ROOT / ".nox" / "_conformance" / str(os.getpid())
 
@@ -84,6 +86,9 @@ def tests(session: nox.Session) -> None:
     ``conformance(memory)``)."""
     session.install(*TEST_TOOLS, *KIT)
     session.run("pytest", "core/tests", "--timeout=120", *session.posargs)
+    for path in OBSERVERS.values():
+        session.install("-e", path)
+        session.run("pytest", f"{path}/tests", "--timeout=120", *session.posargs)
 
 
 @nox.session
@@ -142,18 +147,25 @@ def conformance_report(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, and mypy --strict over every distribution."""
     folders = [*PLUGINS.values(), *EXAMPLES.values()]
-    session.install("ruff>=0.5", "mypy>=1.10", "./core", "./conformance[faults]", *(f"./{p}[testing]" for p in folders))
+    tools = ["ruff>=0.5", "mypy>=1.10", "./core", "./conformance[faults]"]
+    session.install(*tools, *(f"./{p}[testing]" for p in folders), *OBSERVERS.values())
     session.run("ruff", "check", ".")
-    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in folders)]
+    sources = ["core/src", "conformance/src", *(f"{p}/src" for p in [*folders, *OBSERVERS.values()])]
     session.run("mypy", "--config-file", "mypy.ini", *sources)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Handover, follower-notification and idle-cost benchmarks (docs/design.md). Args: store URL."""
+    """Handover latency and store requests against each store's peer (kazoo Election, etcdctl
+    elect, consul lock; interleaved on the same servers): ``nox -s bench [-- zookeeper --rounds 20]``
+    (bench/handover.py). Many elections per process: ``nox -s bench -- scale [--elections N]``
+    (bench/scale.py). Needs Docker; installs etcdctl (apt) or copies consul out of its image if missing."""
     plugins = (arg for p in PLUGINS.values() for arg in ("-e", f"{p}[testing]"))
     session.install("-e", "./core", "-e", "./conformance", *plugins)
-    session.run("python", "bench/bench.py", *session.posargs)
+    if session.posargs[:1] == ["scale"]:
+        session.run("python", "bench/scale.py", *session.posargs[1:])
+    else:
+        session.run("python", "bench/handover.py", *session.posargs)
 
 
 def distributions() -> list[str]:

@@ -14,7 +14,8 @@ written to a temporary folder:
 - ``leadership backends`` lists each plugin at its built version and each backend's URL
   scheme; an election on ``memory://`` runs (elected,
   fencing token, a follower sees the leader); each backend's URL parser rejects an unknown
-  option with ConfigurationError; every package carries ``py.typed``;
+  option with ConfigurationError; every package carries ``py.typed``; with leadership-prometheus
+  installed, the election shows up in its ``leadership_is_leader`` gauge;
 - the throwaway plugin registers its backend through the ``leadership`` entry point group and
   passes part of the conformance suite, selected by mixin name (``-k TokenTests``, which only
   the kit's ``pytest11`` plugin makes possible); so does each example backend under examples/, whose test
@@ -49,7 +50,7 @@ WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<version>[^-]+)-py3-none-any\.w
 BACKENDS = {"consul", "etcd", "zookeeper"}
 
 SMOKE = """
-import importlib.resources, sys
+import importlib.resources, importlib.util, sys, time
 import leadership
 
 with leadership.connect("memory://install-check") as store:
@@ -61,6 +62,15 @@ with leadership.connect("memory://install-check") as store:
     follower = leadership.Follower(store, "check/leader")
     assert next(follower.follow_election()) == "a", "the follower sees the leader"
     follower.stop()
+    if importlib.util.find_spec("leadership_prometheus"):  # the observer plugin, loaded by entry point
+        from prometheus_client import generate_latest
+
+        gauge = 'leadership_is_leader{key="check/leader",name="a"} 1.0'
+        deadline = time.monotonic() + 5
+        while gauge not in generate_latest().decode():
+            assert time.monotonic() < deadline, f"no {gauge!r} in the metrics: {generate_latest().decode()}"
+            time.sleep(0.05)
+        print("leadership-prometheus: the elected hook set leadership_is_leader")
     candidate.stop()
 for scheme in filter(None, sys.argv[1].split(",")):
     try:
@@ -239,7 +249,7 @@ def check_extra(
     schemes = ", ".join(f"{b}://" for b in ["memory", *backends])
     log.append(f"`leadership backends` lists plugins {', '.join(sorted(expected))} and schemes {schemes}")
     packages = ",".join(["leadership", *(d.replace("-", "_") for d in sorted(expected))])
-    log.append(run([str(venv / "bin/python"), "-c", SMOKE, ",".join(backends), packages], log).strip())
+    log.extend(run([str(venv / "bin/python"), "-c", SMOKE, ",".join(backends), packages], log).strip().splitlines())
     log.append(f"ok in {time.monotonic() - start:.0f}s")
     return log
 

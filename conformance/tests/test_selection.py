@@ -32,8 +32,9 @@ def test_markers_select_the_fault_tests() -> None:
     assert sorted(_collected("-m", "store_faults")) == [
         "test_close_is_prompt_while_the_store_is_paused",
         "test_retry_none_tells_one_story",
+        "test_run_store_paused_past_ttl_child_dead_before_expiry",
         "test_store_paused_past_ttl_leader_demotes_before_expiry",
         "test_store_restart_candidates_and_followers_recover",
     ]
     everything = _collected()
-    assert len(_collected("-m", "not store_faults and not processes")) == len(everything) - 6
+    assert len(_collected("-m", "not store_faults and not processes")) == len(everything) - 8

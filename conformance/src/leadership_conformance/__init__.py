@@ -37,6 +37,7 @@ from .suite import (
     TokenTests,
     assert_one_leader_at_a_time,
 )
+from .supervisor import RunCommandTests
 from .unreachable import UnreachableStoreTests
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ManyElectionsTests",
     "PartitionTests",
     "ProcessFaultTests",
+    "RunCommandTests",
     "TokenTests",
     "UnreachableStoreTests",
     "assert_one_leader_at_a_time",

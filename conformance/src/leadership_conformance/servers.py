@@ -41,6 +41,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ExternalServer",
     "FaultInjectionUnavailable",
+    "FaultProfile",
     "Member",
     "ServerStartError",
     "StoreServer",
@@ -143,6 +144,17 @@ class Member:
         return self.handle
 
 
+@dataclasses.dataclass(frozen=True)
+class FaultProfile:
+    """How the fault campaign exercises a store: the candidates' ttl, and how long after a healed
+    fault some candidate must lead again (ttl + ``recovery_slack``)."""
+
+    ttl: float = 2.0
+    recovery_slack: float = 3.0
+    #: ttl on a store cluster, when a member election stalls renewals for longer than ``ttl``.
+    cluster_ttl: float | None = None
+
+
 class StoreServer:
     """A running store, as the conformance suite and a plugin's tests see it.
 
@@ -167,6 +179,8 @@ class StoreServer:
     scheme: ClassVar[str] = ""
     #: Client port of a member when a URL names none.
     default_port: ClassVar[int] = 0
+    #: How the fault campaign (``nox -s faults``) exercises this store.
+    fault_profile: ClassVar[FaultProfile] = FaultProfile()
     can_inject_faults: bool = False
 
     def __init__(self, members: Sequence[Member], *, url: str | None = None) -> None:

@@ -652,6 +652,7 @@ class ClusterFailoverTests(ConformanceBase):
 
 
 from .partition import PartitionTests  # noqa: E402 - it builds on ConformanceBase above
+from .supervisor import RunCommandTests  # noqa: E402 - it builds on ConformanceBase above
 from .unreachable import UnreachableStoreTests  # noqa: E402 - it builds on ConformanceBase above
 
 
@@ -667,6 +668,7 @@ class ConformanceSuite(
     BadInputTests,
     PartitionTests,
     UnreachableStoreTests,
+    RunCommandTests,
 ):
     """Every conformance test. Subclass it (name it ``Test...``) and override ``leadership_server``."""
 

@@ -47,6 +47,12 @@ class Observers:
         except Exception:
             log.exception("an observer of leadership_leader_changed raised; ignored")
 
+    def session_refreshed(self, ttl: float, duration: float) -> None:
+        try:
+            self._hook.leadership_session_refreshed(ttl=ttl, duration=duration, store=self._store)
+        except Exception:
+            log.exception("an observer of leadership_session_refreshed raised; ignored")
+
     def store_error(self, error: BaseException, operation: str, attempt: int, retry_in: float | None) -> None:
         try:
             self._hook.leadership_store_error(

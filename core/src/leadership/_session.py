@@ -7,12 +7,16 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
-from ._util import Backoff, Flag, is_permanent, nap, settle
+from ._util import Backoff, Flag, Interrupted, is_permanent, nap, race, settle
 from .backend import Backend, Session
 from .errors import ClosedError, SessionLostError, StoreUnavailableError
 from .retry import DEFAULT_RETRY, MIN_RETRY_DELAY
+
+if TYPE_CHECKING:
+    from ._observers import Observers
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ class SessionHost(Protocol):
     backend: Backend
     display_url: str
     safety_margin: float | None
+    observers: Observers
 
     def report_error(self, error: BaseException, operation: str, attempt: int, retry_in: float | None) -> None: ...
     async def ensure_open(self) -> None: ...
@@ -123,6 +128,8 @@ class SharedSession:
         self._closing = False
         #: Tasks revoking lost generations' sessions, retried while the store is unreachable.
         self._reapers: set[asyncio.Task[None]] = set()
+        #: Tasks removing stopped elections' entries that stop() could not remove at once.
+        self._withdrawers: set[asyncio.Task[None]] = set()
 
     @property
     def closing(self) -> bool:
@@ -328,6 +335,7 @@ class SharedSession:
             if not gen.alive():  # confirmed too late: the deadline passed meanwhile
                 self._unconfirmed(gen)
                 return
+            self.host.observers.session_refreshed(self.ttl, confirmed - sent)
             if refreshing.attempt:
                 self.host.mark_healthy()
             refreshing.succeeded()
@@ -364,11 +372,69 @@ class SharedSession:
                     return
                 await closing.failed(exc)
 
+    def withdraw_later(self, gen: Generation, key: str, release: Callable[[], Awaitable[None]]) -> None:
+        """Remove the entry for ``key`` on ``gen`` in the background, then ``release()`` the key.
+
+        For a stopped election whose entry stop() could not remove (the store was known to be
+        unreachable, or the withdraw failed): while other elections keep this session alive, the
+        entry would stay in the store, and a leader keep leading, indefinitely. Retried with
+        backoff (and at once when the store is back) until it succeeds or the session is lost —
+        a lost session is revoked or expires, entries and all. :meth:`close` ends it (the
+        revocation releases the entry). The caller keeps ``key`` in :attr:`keys` meanwhile, so
+        that a new election on ``key`` opens another session instead of finding this entry.
+        """
+        task = asyncio.get_running_loop().create_task(
+            self._withdraw(gen, key, release), name=f"leadership-withdraw-{key}"
+        )
+        self._withdrawers.add(task)
+        task.add_done_callback(self._withdrawers.discard)
+
+    async def _withdraw(self, gen: Generation, key: str, release: Callable[[], Awaitable[None]]) -> None:
+        where = self.host.display_url
+        withdrawing = Backoff(
+            self.host.report_error, "withdraw", DEFAULT_RETRY, wake=lambda: (self.host.epoch_event(),)
+        )
+        try:
+            while gen.alive() and not self._closing:
+                try:
+                    # Bounded like a revocation: a request the store dropped must not stall it.
+                    budget = max(1.0, gen.raw.refresh_interval)
+                    await race(asyncio.wait_for(self.host.backend.withdraw(gen.raw, key), budget), gen.lost)
+                    log.debug("withdrew the stopped election's entry for %r on %s", key, where)
+                    break
+                except Interrupted:
+                    break  # the session is lost: its revocation or expiry removes the entry
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - sorted by is_permanent
+                    if is_permanent(exc):
+                        withdrawing.give_up(exc)  # reported; the session's end removes the entry
+                        break
+                    await race(withdrawing.failed(exc), gen.lost)
+        except Interrupted:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in the core: surface it, never die silently
+            log.exception("withdrawing the entry for %r on %s failed", key, where)
+        if self._closing:
+            return  # close() revokes the session, and the store's close drops the key
+        try:
+            await release()  # may close this session, from this task: close() spares it
+        except Exception:  # a bug in the core: surface it, never die silently
+            log.exception("releasing the session of %r on %s failed", key, where)
+
     async def close(self) -> None:
         """Stop the keepalive and revoke the session, within about :data:`CLOSE_BUDGET` seconds
         whatever the store's state: what the store does not confirm by then expires by itself."""
         self._closing = True
         self._changed.set()
+        # Revoking the session below removes their entries in one request.
+        withdrawers = [task for task in self._withdrawers if task is not asyncio.current_task()]
+        for task in withdrawers:
+            task.cancel()
+        if withdrawers:
+            await settle(withdrawers, self.host.close_time_left() / 3)
         if self.current is not None:
             self.current.lose("stopped")
         if self._task is not None:

@@ -161,7 +161,9 @@ class Flag:
 
     def __init__(self) -> None:
         self._set = False
-        self._waiters: list[asyncio.Future[None]] = []
+        # A dict, not a list: thousands of elections race the same flag (their session's loss,
+        # the store's epoch), and each race discards its future again.
+        self._waiters: dict[asyncio.Future[None], None] = {}
 
     def is_set(self) -> bool:
         return self._set
@@ -169,7 +171,7 @@ class Flag:
     def set(self) -> None:
         if not self._set:
             self._set = True
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, {}
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -183,14 +185,11 @@ class Flag:
         if self._set:
             fut.set_result(None)
         else:
-            self._waiters.append(fut)
+            self._waiters[fut] = None
         return fut
 
     def discard(self, fut: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
+        self._waiters.pop(fut, None)
 
     async def wait(self) -> None:
         if self._set:

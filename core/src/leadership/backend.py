@@ -19,44 +19,70 @@ as a bug and surfaced to the user.
 
 Cancellation and time budgets. The core never lets one call hold an election hostage: it
 cancels a call or bounds it with a timeout, then *awaits the cancelled call's end* before it
-moves on. So every call must return promptly when cancelled, also while the store is frozen
-(a paused server, a partition that drops packets): a client that blocks on cancel — waiting
-for a reply to arrive, closing a connection gracefully — stalls the core, and with it every
-election on the connection. Cancel the client's request and return; never catch
+moves on, except where the list below says otherwise: closing (the last election on a session
+stopping, ``store.close()``) waits a bounded time, then leaves the call running behind it. So
+every call must return promptly when cancelled, also while the store is frozen (a paused
+server, a partition that drops packets): a client that blocks on cancel — waiting for a reply
+to arrive, closing a connection gracefully — stalls the core, and with it every election on the
+connection, or leaks a task when it closes. Cancel the client's request and return; never catch
 ``CancelledError`` to finish a round trip first.
 
-===================  ==========================================================================
-call                 what the core does with it
-===================  ==========================================================================
-``open``             awaited before the first session, watch or ping; no budget of its own (the
-                     caller's stop or close cancels it)
-``create_session``   no timeout; cancelled 5 s after the last election that needs the session
-                     stops, or the store closes
-``Session.refresh``  ``wait_for`` with the session's remaining budget: the deadline (send time
-                     of the last confirmed refresh + ``guaranteed`` - safety margin, by default
-                     ``min(1 s, 10 % of guaranteed)``) minus now; a timeout counts as
-                     ``StoreUnavailableError``
-``Session.close``    ``wait_for`` ``max(1 s, refresh_interval)``, retried with backoff until the
-                     store must have expired the session by itself (``ttl`` after the loss)
-``campaign``         no timeout; cancelled by ``stop()``, by the loss of its session (deadline
-                     passed, ``SessionLostError``, :meth:`Session.notify_lost`), and whenever
-                     the store comes back after an outage or restarts — then issued again on
-                     the same session, which must find its entry (idempotence below)
-``withdraw``         on ``stop()``: ``wait_for`` 5 s, once; after a resign: raced against stop
-                     and session loss, retried with backoff while the session lives
-``get_leader``       used by the default :meth:`Backend.ping` only
-``observe``          each ``__anext__`` is cancelled by stop and whenever the store comes back
-                     or restarts; then the iterator is closed with ``aclose()`` and ``observe``
-                     is called again
-``ping``             ``wait_for`` ``max(1 s, 2 * health_interval)`` (2 s by default), every
-                     ``health_interval`` while a watch or campaign is open
-``Backend.close``    awaited once at the end; a sync ``Store.close()`` waits 30 s for the whole
-                     shutdown
-===================  ==========================================================================
+What the core does with each call. The constants named live in ``leadership.store``
+(``DEFAULT_CONNECT_TIMEOUT`` 10 s, ``DEFAULT_HEALTH_INTERVAL`` 1 s), ``leadership._session``
+(``CLOSE_BUDGET`` 0.6 s: the time ``store.close()`` may take, shared by its steps; "what is
+left of it" is the whole budget when a step runs outside ``store.close()``) and
+``leadership.candidate`` (``STOP_WITHDRAW_TIMEOUT`` 2 s).
+
+* ``open`` — awaited by ``connect()`` / ``aconnect()``, followed by one ``ping``; each is
+  retried with backoff while it raises ``StoreUnavailableError``, and the whole is bounded by
+  ``connect_timeout`` (default ``DEFAULT_CONNECT_TIMEOUT``): then the call in flight is
+  cancelled and ``connect()`` raises ``StoreUnavailableError``.
+* ``create_session`` — no timeout while an election needs the session. When the last election
+  on it stops, a call in flight gets ``CLOSE_BUDGET / 3`` (0.2 s; during ``store.close()`` a
+  third of what is left of the budget), is then cancelled, awaited as long again (at least
+  50 ms) and left behind.
+* ``Session.refresh`` — ``wait_for`` with the session's remaining budget: the deadline (send
+  time of the last confirmed refresh + ``guaranteed`` - safety margin, by default
+  ``min(1 s, 10 % of guaranteed)``) minus now; a timeout counts as
+  ``StoreUnavailableError``. One in flight when the last election on the session stops is
+  cancelled like ``create_session``.
+* ``Session.close`` — when the last election on the session stops or the store closes:
+  ``wait_for`` what is left of ``CLOSE_BUDGET``, once, never retried (the store expires what it
+  did not confirm). A session lost while in use is revoked in the background: ``wait_for``
+  ``max(1 s, refresh_interval)``, retried with backoff until the store must have expired it by
+  itself (``ttl`` after the loss); when the last election stops or the store closes meanwhile,
+  the attempt in flight is cut to what is left of ``CLOSE_BUDGET``, with no retry.
+* ``campaign`` — no timeout; cancelled by ``stop()``, by the loss of its session (deadline
+  passed, ``SessionLostError``, ``Session.notify_lost``), and whenever the store comes back
+  after an outage or restarts — then issued again on the same session, which must find its
+  entry (idempotence below).
+* ``withdraw`` — on ``stop()``: ``wait_for`` ``STOP_WITHDRAW_TIMEOUT``, once; skipped when the
+  session is already lost, while the store is known unreachable (a ``ping`` or ``refresh``
+  could not reach it and none has succeeded since) and during ``store.close()`` (revoking the
+  session releases every entry in one request). When it was skipped or failed and other
+  elections keep the session alive, it is retried in the background after ``stop()`` returns:
+  ``wait_for`` ``max(1 s, refresh_interval)``, with backoff (at once when the store comes back),
+  raced against session loss, until it succeeds, the session is lost or the store closes (then
+  cancelled like ``create_session``: the revocation removes the entry). When the stopped
+  election was the session's last, the session is revoked instead (``Session.close``). After a
+  resign, or when another candidate shows as leader: raced against stop and session loss,
+  retried with backoff while the session lives.
+* ``get_leader`` — used by the default ``Backend.ping``, and once, under ``wait_for`` 0.5 s, to
+  name the leader in the ``ElectionTimeoutError`` of ``wait_elected`` / ``hold``.
+* ``observe`` — each ``__anext__`` is cancelled by stop and whenever the store comes back or
+  restarts (and also when a leader's own watch ends with its leadership: then it is not
+  awaited); then the iterator's ``aclose()`` runs under ``wait_for`` what is left of
+  ``CLOSE_BUDGET``, and ``observe`` is called again unless stopped.
+* ``ping`` — every ``health_interval`` (default ``DEFAULT_HEALTH_INTERVAL``) while a watch, a
+  campaign or a retry pause is open: ``wait_for`` ``max(1 s, 2 * health_interval)`` (2 s by
+  default); cancelled by ``store.close()``. In ``connect()``: see ``open``.
+* ``Backend.close`` — once, at the end of ``store.close()`` (or when ``connect()`` fails):
+  waited for at most what is left of ``CLOSE_BUDGET`` (at least 50 ms), then left to finish in
+  the background, not cancelled. A sync ``Store.close()`` waits 30 s for the whole shutdown.
 
 A cancelled ``campaign`` or ``observe`` must not leave background work behind (a task, a
-client-side watch); the core calls :meth:`Backend.withdraw` afterwards to remove the
-candidate's entry.
+client-side watch). When ``stop()`` ends a campaign, the core calls ``withdraw`` afterwards (as
+above) to remove the candidate's entry.
 """
 
 from __future__ import annotations
@@ -211,6 +237,29 @@ class Backend(abc.ABC):
         follower's notification delay, and a term shorter than it may go unreported (allowed:
         followers report the terms they observed, never an older one after a newer one).
         """
+
+    def abandon(self) -> None:
+        """Optional; for :func:`leadership.testing.crash`. Stop, at once and from any thread, every
+        activity of the client's own that keeps sessions alive (a keepalive thread of its own),
+        without closing, revoking or releasing anything: from now on the store must see this
+        process as dead and expire its sessions after their ttl, exactly as if it had been killed.
+
+        Called after the core's event loop is frozen, so nothing driven by the core runs any more.
+        The default does nothing: right for a backend whose sessions are refreshed only by the
+        core's :meth:`Session.refresh` calls. The backend is never used again afterwards.
+        """
+
+    async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
+        """Optional: return once ``term``, won by ``session``, no longer leads ``key`` (its entry is
+        gone, or another entry leads). Raise StoreUnavailableError when the watch breaks; the core
+        calls again (also after the store comes back or restarts).
+
+        The core watches a leader's own term with this when a backend implements it — typically
+        one watch on the leader's own entry, armed while campaigning, on the leader's own session,
+        so that a handover costs no reads on the new leader's side — and with :meth:`observe`
+        otherwise.
+        """
+        raise NotImplementedError
 
     async def ping(self) -> Hashable:
         """A cheap round trip used as a health check while watches are open.

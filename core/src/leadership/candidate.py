@@ -24,7 +24,7 @@ from ._util import (
     wait_first,
 )
 from ._watch import watch_terms
-from .backend import Term
+from .backend import Backend, Term
 from .errors import (
     ClosedError,
     ElectionTimeoutError,
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: After resigning, how long a candidate waits for its successor to take over before queueing
 #: again (it re-queues at once when it sees the successor).
 HANDOVER_GRACE = 0.05
+#: How long a new leader lets its elected event go first before it sets up its watch.
+WATCH_DELAY = 0.001
 #: How long stop() waits for the store to remove a leader's entry, outside of store.close().
 STOP_WITHDRAW_TIMEOUT = 2.0
 
@@ -89,6 +91,8 @@ class AsyncCandidate:
         self._shared: SharedSession | None = None
         self._term: Term | None = None
         self._gen: Generation | None = None
+        #: The generation whose entry for our key stop() could not withdraw (see _cleanup).
+        self._leftover: Generation | None = None
         self._last: bool | None = None
         self._resign = Flag()
         self._stop = Flag()
@@ -158,8 +162,12 @@ class AsyncCandidate:
             self._stream.close()
         if self._shared is not None:
             shared, self._shared = self._shared, None
-            await self.store.release_session(shared, self.key, patient=self.retry is not None)
+            await self._release(shared)
         self.store._unregister(self)
+
+    async def _release(self, shared: SharedSession) -> None:
+        leftover, self._leftover = self._leftover, None
+        await self.store.release_session(shared, self.key, patient=self.retry is not None, entry=leftover)
 
     async def wait_elected(self, timeout: float | None = None) -> Term:
         """Wait until this candidate leads (starting the campaign if needed) and return the term."""
@@ -252,7 +260,7 @@ class AsyncCandidate:
                 # The stream is over: a session kept for it alone would retry on, unasked. (Before
                 # the stream ends: the caller may start a new one as soon as it sees the end.)
                 self._shared = None
-                await self.store.release_session(shared, self.key, patient=self.retry is not None)
+                await self._release(shared)
             self.last_error = error
             if self._stream is not None:
                 self._stream.close(error)
@@ -263,14 +271,21 @@ class AsyncCandidate:
     async def _cleanup(self) -> None:
         self._set_demoted(None, "stopped")
         gen = self._gen
+        self._leftover = None
         # Not while the store closes: revoking the session, one request, releases every entry on
         # it; and not while the store is known unreachable. Bounded: stop() is prompt.
-        if gen is not None and gen.alive() and self.store.healthy and not self.store.closing:
+        if gen is None or not gen.alive() or self.store.closing:
+            return
+        if self.store.healthy:
             try:
                 budget = STOP_WITHDRAW_TIMEOUT
                 await asyncio.wait_for(self.store.backend.withdraw(gen.raw, self.key), timeout=budget)
+                return
             except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001
                 log.debug("withdraw on stop failed: %s", describe(exc))
+        # The entry may still be in the store, and other elections may keep the session alive
+        # for as long as they run: releasing the session hands it to a background withdraw.
+        self._leftover = gen
 
     async def _lead(self, gen: Generation, term: Term) -> None:
         self._resign.clear()
@@ -304,7 +319,7 @@ class AsyncCandidate:
                 if reason == "resigned":
                     grace = asyncio.ensure_future(asyncio.sleep(HANDOVER_GRACE))
                     try:
-                        await wait_first(successor, grace, self._stop, gen.lost, watch)
+                        await wait_first(successor, grace, self._stop, gen.lost)
                     finally:
                         grace.cancel()
         finally:
@@ -352,6 +367,16 @@ class AsyncCandidate:
     async def _watch_replaced(self, term: Term, replaced: Flag, successor: Flag) -> None:
         """Set ``replaced`` when the store shows a leader other than ``term`` (or none), and
         ``successor`` (and return) once it shows another leader."""
+        # First let the elected event reach the user (the sync API's thread needs the GIL): setting
+        # up the watch costs CPU that would otherwise delay it. Nothing is missed meanwhile: the
+        # watch starts from the term itself (its token, or the state read first).
+        await asyncio.sleep(WATCH_DELAY)
+        if type(self.store.backend).wait_replaced is not Backend.wait_replaced:
+            # The backend watches our own entry: no reads on the handover path. It cannot tell
+            # the successor apart, so this returns (ending a resign's grace) once the entry is gone.
+            await self._wait_replaced(term)
+            replaced.set()
+            return
         # Retried without end: during an outage the session deadline is what protects leadership.
         watch = watch_terms(self.store, self.key, retry=DEFAULT_RETRY, stop=self._stop)
         async with contextlib.aclosing(watch) as terms:
@@ -361,6 +386,32 @@ class AsyncCandidate:
                 if current is not None and current.token != term.token:
                     successor.set()
                     return
+
+    async def _wait_replaced(self, term: Term) -> None:
+        """Return once the backend reports ``term`` replaced; its watch is re-established after
+        errors and whenever the store comes back or restarts. Retried without end: during an
+        outage the session deadline is what protects leadership."""
+        gen = self._gen
+        assert gen is not None
+        watching = Backoff(self.store.report_error, "observe", DEFAULT_RETRY, pause=self._backoff)
+        async with self.store.watching():
+            while True:
+                try:
+                    watch = self.store.backend.wait_replaced(gen.raw, self.key, term)
+                    await race(watch, self._stop, gen.lost, self.store.epoch_event())
+                    return
+                except Interrupted as interrupted:
+                    if interrupted.flag is self._stop:
+                        raise _Stopped from None
+                    if interrupted.flag is gen.lost:
+                        return  # _lead sees the session lost
+                    continue  # the store came back or restarted: watch again
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if is_permanent(exc):
+                        raise
+                    await watching.failed(exc)
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else ("running" if self.running else "idle")

@@ -32,6 +32,7 @@ __all__ = [
     "leadership_elected",
     "leadership_leader_changed",
     "leadership_register_backends",
+    "leadership_session_refreshed",
     "leadership_store_error",
 ]
 
@@ -43,7 +44,13 @@ _pluggy_hookimpl = pluggy.HookimplMarker("leadership")
 
 #: The hooks that only observe: an exception in one of their implementations is isolated.
 OBSERVER_HOOKS = frozenset(
-    {"leadership_demoted", "leadership_elected", "leadership_leader_changed", "leadership_store_error"}
+    {
+        "leadership_demoted",
+        "leadership_elected",
+        "leadership_leader_changed",
+        "leadership_session_refreshed",
+        "leadership_store_error",
+    }
 )
 
 
@@ -207,5 +214,15 @@ def leadership_store_error(
     :param operation: what was being done: ``"refresh"``, ``"campaign"``, ``"observe"``, ...
     :param attempt: how many times in a row this operation has failed (1 for the first).
     :param retry_in: seconds until the core retries, or None when it will not (permanent error).
+    :param store: the store URL, password redacted.
+    """
+
+
+@hookspec
+def leadership_session_refreshed(ttl: float, duration: float, store: str) -> None:
+    """The store confirmed a session refresh (a keepalive round trip).
+
+    :param ttl: the session's ttl, in seconds.
+    :param duration: seconds from sending the refresh to its confirmation.
     :param store: the store URL, password redacted.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -14,7 +15,7 @@ import pluggy
 
 from ._loop import LoopThread
 from ._observers import Observers, StoreLog
-from ._session import CLOSE_BUDGET, LoadGauge, SharedSession
+from ._session import CLOSE_BUDGET, Generation, LoadGauge, SharedSession
 from ._util import Backoff, Flag, describe, is_permanent
 from .backend import Backend
 from .errors import BackendRegistrationError, ClosedError, InvalidArgumentError, StoreUnavailableError
@@ -195,9 +196,17 @@ class AsyncStore:
         shared.patient += patient
         return shared
 
-    async def release_session(self, shared: SharedSession, key: str, *, patient: bool = True) -> None:
+    async def release_session(
+        self, shared: SharedSession, key: str, *, patient: bool = True, entry: Generation | None = None
+    ) -> None:
+        """The election on ``key`` is over. ``entry``: the generation on which its entry may still
+        be in the store (stop() could not withdraw it); while other elections keep the session
+        alive it is withdrawn in the background, and ``key`` is released once it is gone."""
         if key in shared.keys:
             shared.patient -= patient
+        if entry is not None and entry.alive() and not self.closing and shared.keys - {key}:
+            shared.withdraw_later(entry, key, functools.partial(self.release_session, shared, key, patient=False))
+            return
         shared.keys.discard(key)
         pool = self._sessions.get(shared.ttl, [])
         if not shared.keys and shared in pool:

@@ -69,11 +69,16 @@ def thaw(store: Store) -> None:
 def crash(store: Store) -> None:
     """Stop the store's engine without releasing anything, as a killed process would: its
     sessions stop being refreshed and expire after their ttl; nothing is withdrawn. The store
-    counts as closed; streams blocked on it end. Its frozen thread is left behind (a daemon)."""
+    counts as closed; streams blocked on it end. Its frozen thread is left behind (a daemon).
+
+    Besides the core's loop, the backend's own background work that would keep sessions alive
+    (ZooKeeper's client thread pings by itself) is stopped, through
+    :meth:`leadership.Backend.abandon`."""
     store._closed = True
     store._runner.abandoned = True
     store._runner.thread._leadership_abandoned = True  # type: ignore[attr-defined]
     freeze(store)
+    store.aio.backend.abandon()
 
 
 def dispose(store: Store) -> None:

@@ -11,15 +11,15 @@ import random
 import sys
 import time
 
-from ..servers import server_for
-from .campaign import PROFILES, Campaign
+from ..servers import registered_servers, server_for
+from .campaign import Campaign
 from .checker import load_history
 from .timeline import draw
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leadership_conformance.faults", description=__doc__)
-    parser.add_argument("backend", choices=sorted(PROFILES))
+    parser.add_argument("backend", choices=sorted(registered_servers()))
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
     parser.add_argument("--seed", type=int, default=None, help="replay this schedule (default: a fresh seed)")
     parser.add_argument("--cluster", action="store_true", help="a 3-member store; its leader member is killed too")

@@ -25,27 +25,11 @@ from ..proxy import FaultLink
 from .checker import Report, check, load_history
 from .schedule import Fault, make_schedule
 
-__all__ = ["PROFILES", "Campaign", "Profile"]
+__all__ = ["Campaign"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """How a store is exercised: the candidates' ttl, and how long after a healed fault some
-    candidate must lead again (ttl + recovery_slack)."""
-
-    ttl: float
-    recovery_slack: float
-    #: ttl with a store cluster (a raft election stalls lease renewals for a while).
-    cluster_ttl: float | None = None
-
-
-PROFILES = {
-    "etcd": Profile(ttl=2.0, recovery_slack=3.0, cluster_ttl=5.0),
-    "zookeeper": Profile(ttl=2.0, recovery_slack=3.0),
-    "consul": Profile(ttl=20.0, recovery_slack=5.0),
-}
 
 
 class _NoTarget(Exception):
@@ -95,7 +79,7 @@ class Campaign:
     def __init__(
         self, server: Any, backend: str, *, duration: float, seed: int, out: str, cluster: bool = False
     ) -> None:
-        profile = PROFILES[backend]
+        profile = type(server).fault_profile
         self.server, self.backend, self.duration, self.seed, self.out = server, backend, duration, seed, out
         self.cluster = cluster
         self.ttl = (profile.cluster_ttl or profile.ttl) if cluster else profile.ttl

@@ -432,6 +432,19 @@ class ConsulBackend(Backend):
         response = await self._request("DELETE", f"/v1/kv/{own_key}")
         self._check(response, f"withdraw from {key!r}")
 
+    async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
+        # The token is the leader key's ModifyIndex when we got it, so a blocking read from that
+        # index returns at the key's next change: no first read.
+        _, leader_key, _ = self._keys(key)
+        index = term.token
+        while True:
+            new_index, entries = await self._get(leader_key, index=index)
+            current = next((e for e in entries if e.key == leader_key), None)
+            if current is None or current.session != session.id or current.modify_index != term.token:
+                return
+            # Consul's rule for blocking queries: reset when the index goes backwards.
+            index = new_index if new_index >= index else 0
+
     async def get_leader(self, key: str) -> Term | None:
         _, leader_key, _ = self._keys(key)
         _, entries = await self._get(leader_key, recurse=True)

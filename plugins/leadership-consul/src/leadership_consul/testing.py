@@ -26,7 +26,7 @@ from leadership_conformance.containers import (
     unique_name,
     with_port_retry,
 )
-from leadership_conformance.servers import Member
+from leadership_conformance.servers import FaultProfile, Member
 
 __all__ = ["CONSUL_IMAGE", "ConsulServer", "start_consul", "start_consul_cluster"]
 
@@ -44,6 +44,8 @@ class ConsulServer(ContainerServer):
 
     scheme = "consul"
     default_port = 8500
+    #: Consul's smallest ttl is 20 s; its session invalidation and a client agent add seconds.
+    fault_profile = FaultProfile(ttl=20.0, recovery_slack=5.0)
     _OWN_PATHS = ("v1_status_", "v1_agent_metrics", "v1_health_node")
 
     def check_serving(self, member: Member) -> None:

@@ -59,6 +59,12 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+#: Unary requests in flight at most. Thousands of elections starting at once would otherwise
+#: queue thousands of requests on the channel, each with its own deadline ticking; lease
+#: keepalives do not wait for this.
+MAX_IN_FLIGHT = 256
+
+
 class CompactedError(StoreUnavailableError):
     """A watch's start revision was compacted away; re-read and watch again."""
 
@@ -125,6 +131,7 @@ class EtcdClient:
         self._username = username
         self._password = password
         self._credentials: Any = None
+        self._slots: asyncio.Semaphore | None = None
 
     def set_credentials(self, credentials: Any) -> None:
         """TLS channel credentials; must be set before the first request."""
@@ -201,6 +208,12 @@ class EtcdClient:
     # -- requests -------------------------------------------------------------------------------
     async def unary(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
         """One request to the current member, e.g. ``unary("kv", "Range", RangeRequest(...))``."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        async with self._slots:  # the deadline starts once the request is sent
+            return await self._unary(service, method, request, timeout)
+
+    async def _unary(self, service: str, method: str, request: Any, timeout: float | None) -> Any:
         member = self._member()
         metadata = await self._metadata(member)
         try:

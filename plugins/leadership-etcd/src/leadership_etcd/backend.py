@@ -253,6 +253,25 @@ class EtcdBackend(Backend):
         except CompactedError:
             pass  # history is gone: the caller re-reads the queue instead
 
+    async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
+        # Entries are ordered by create revision and a new one always comes last, so a leader is
+        # replaced exactly when its own entry goes: watch that one key for its deletion, from
+        # the revision after its creation (no read first; a deletion already past is replayed).
+        _, mine = self._entry(session, key)
+        start = term.token + 1
+        while True:
+            create = rpc.WatchCreateRequest(key=mine, start_revision=start, filters=[rpc.WatchCreateRequest.NOPUT])
+            try:
+                async with self._client.watch(create) as watch:
+                    await watch.next()  # NOPUT: any event is the deletion
+                    return
+            except CompactedError:
+                # That history is gone: read the entry, and watch from now if it is still ours.
+                response = await self._client.unary("kv", "Range", _Range(key=mine))
+                if not response.kvs or int(response.kvs[0].create_revision) != term.token:
+                    return
+                start = int(response.header.revision) + 1
+
     async def withdraw(self, session: Session, key: str) -> None:
         _, mine = self._entry(session, key)
         await self._client.unary("kv", "DeleteRange", rpc.DeleteRangeRequest(key=mine))

@@ -25,7 +25,7 @@ from leadership_conformance.containers import (
     unique_name,
     with_port_retry,
 )
-from leadership_conformance.servers import Member
+from leadership_conformance.servers import FaultProfile, Member
 
 __all__ = ["ETCD_IMAGE", "EtcdServer", "start_etcd"]
 
@@ -39,6 +39,8 @@ class EtcdServer(ContainerServer):
 
     scheme = "etcd"
     default_port = 2379
+    #: On a cluster a raft election (1-2 s) stalls lease renewals: 2 s sessions would all lapse.
+    fault_profile = FaultProfile(ttl=2.0, recovery_slack=3.0, cluster_ttl=5.0)
 
     def check_serving(self, member: Member) -> None:
         status, body = http_request(member.host, member.port, "GET", "/health")

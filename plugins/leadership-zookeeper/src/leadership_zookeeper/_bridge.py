@@ -2,14 +2,23 @@
 
 kazoo completes requests and fires watches on its own worker threads. Nothing here blocks those
 threads: each callback only hands its result to the event loop with ``call_soon_threadsafe``.
+
+Because they never block, these callbacks run right on kazoo's connection thread, the one that
+reads the reply or the event off the socket (:class:`InlineHandler`), instead of being queued
+to kazoo's completion or watch thread first: one thread hop less between the store's answer and
+the event loop, on every request and every watch event.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+import queue
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
+from kazoo.handlers.threading import SequentialThreadingHandler  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.errors import (
     AuthenticationError,
@@ -19,7 +28,44 @@ from leadership.errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["PASS_THROUGH", "link", "post", "translate", "watch_future"]
+__all__ = ["PASS_THROUGH", "InlineHandler", "link", "post", "translate", "watch_future"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_INLINE = "_leadership_inline"
+
+
+def _inline(fn: _F) -> _F:
+    """Mark a callback as safe to run on kazoo's connection thread (it never blocks)."""
+    setattr(fn, _INLINE, True)
+    return fn
+
+
+def _is_inline(item: Any) -> bool:
+    target = item.func if isinstance(item, functools.partial) else item
+    return bool(getattr(target, _INLINE, False))
+
+
+class _InlineQueue(queue.Queue):  # type: ignore[type-arg]
+    """kazoo's completion queue: marked callbacks run at once on the putting thread."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if _is_inline(item):
+            item()
+        else:
+            super().put(item, block, timeout)
+
+
+class InlineHandler(SequentialThreadingHandler):  # type: ignore[misc]
+    """kazoo's threading handler, except that the backend's own (non-blocking) completion and
+    watch callbacks run on the connection thread; kazoo's and anyone else's are queued as usual."""
+
+    queue_impl = _InlineQueue
+
+    def dispatch_callback(self, callback: Any) -> None:
+        if _is_inline(callback.func):
+            callback.func(*callback.args)
+        else:
+            super().dispatch_callback(callback)
 
 #: Errors the backend handles itself (they describe the data, not the store's health).
 PASS_THROUGH: tuple[type[BaseException], ...] = (kz.NoNodeError, kz.NodeExistsError, kz.NotEmptyError)
@@ -72,6 +118,7 @@ def link(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[A
     """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``."""
     fut: asyncio.Future[Any] = loop.create_future()
 
+    @_inline
     def done(result: Any) -> None:
         # Runs on kazoo's completion thread; the result is ready, so get() does not block.
         try:
@@ -93,6 +140,7 @@ def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], 
     """
     fut: asyncio.Future[Any] = loop.create_future()
 
+    @_inline
     def watch(event: Any) -> None:
         post(loop, fut, event, None)
 

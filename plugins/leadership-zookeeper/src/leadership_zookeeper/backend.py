@@ -12,9 +12,11 @@ reader client serves ``get_leader``, ``observe`` and ``ping``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -37,7 +39,7 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._bridge import PASS_THROUGH, link, post, translate, watch_future
+from ._bridge import PASS_THROUGH, InlineHandler, link, post, translate, watch_future
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
@@ -82,6 +84,10 @@ READER_SESSION_TIMEOUT = 30.0
 #: timeout counted from the client's last send; the promise handed to the core is still shortened
 #: by this fraction of it (at least 50 ms) for clock drift between client and server.
 EXPIRY_MARGIN = 0.1
+#: Requests one session keeps outstanding at most. ZooKeeper answers a session's requests in
+#: order, so a keepalive queued behind thousands of campaigns (many elections starting at once)
+#: would come back too late; the keepalive itself skips this queue.
+MAX_OUTSTANDING = 256
 
 OPTIONS = {
     "timeout": "seconds to wait for a connection or a reply (default 10)",
@@ -146,11 +152,17 @@ class ZooKeeperSession(Session):
         self.prefix = f"{_PREFIX}{_SEP}{self.session_id:016x}{_SEP}"
         #: key -> this session's entry node name, once known.
         self.nodes: dict[str, str] = {}
+        #: key -> the czxid of that entry (the fencing token if it leads), once known.
+        self.tokens: dict[str, int] = {}
+        #: key -> the future of the watch on that entry, armed once while campaigning: it fires
+        #: when the entry goes, which is how a leader learns it was replaced (wait_replaced).
+        self.entry_watches: dict[str, asyncio.Future[Any]] = {}
         #: Keys whose entry may exist without being in ``nodes`` (a create or delete whose reply
         #: never came); any other key not in ``nodes`` certainly has no entry of this session.
         self.uncertain: set[str] = set()
         self.lost_reason: str | None = None
         self.closing = False
+        self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
         #: Mirrors kazoo's connection state on the loop, so refresh can wait for a reconnect.
         self.connected = asyncio.Event()
         if client.connected:
@@ -201,6 +213,12 @@ class ZooKeeperSession(Session):
         log.debug("ZooKeeper session %s lost: %s", self.id, reason)  # the core says it, rate-limited
         self.notify_lost()
 
+    def forget(self, key: str) -> None:
+        """This session has no known entry for ``key`` any more."""
+        self.nodes.pop(key, None)
+        self.tokens.pop(key, None)
+        self.entry_watches.pop(key, None)
+
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
         if self.closing:
@@ -213,11 +231,13 @@ class ZooKeeperSession(Session):
 
     async def request(self, what: str, start: Callable[[], Any]) -> Any:
         self.check()
-        return await self._backend.request(self.client, what, start, session=True)
+        async with self.slots:
+            return await self._backend.request(self.client, what, start, session=True)
 
     async def pipeline(self, what: str, starts: list[Callable[[], Any]]) -> list[Any]:
         self.check()
-        return await self._backend.pipeline(self.client, what, starts, session=True)
+        async with self.slots:
+            return await self._backend.pipeline(self.client, what, starts, session=True)
 
     async def refresh(self) -> None:
         # kazoo pings the server itself every third of the timeout; this round trip only proves to
@@ -236,7 +256,7 @@ class ZooKeeperSession(Session):
                 raise StoreUnavailableError(
                     f"ZooKeeper session {self.id}: not connected to any of {self._backend.hosts}; kazoo is reconnecting"
                 ) from None
-        await self.request("refresh", lambda: self.client.exists_async("/"))
+        await self._backend.request(self.client, "refresh", lambda: self.client.exists_async("/"), session=True)
         self.check()
 
     async def close(self) -> None:
@@ -315,7 +335,7 @@ class ZooKeeperBackend(Backend):
         return f"{self.base}/{'/'.join(segments)}"
 
     # -- clients ---------------------------------------------------------------------------------
-    def _new_client(self, session_timeout: float) -> tuple[Any, list[tuple[float, int]]]:
+    def _new_client(self, session_timeout: float, inline: bool) -> tuple[Any, list[tuple[float, int]]]:
         """A KazooClient, not started, and a list that receives (negotiated session timeout,
         session id) from every handshake."""
         # Reconnect quickly (a session survives only if we are back within its timeout); kazoo's
@@ -325,6 +345,9 @@ class ZooKeeperBackend(Backend):
         )
         client = KazooClient(
             hosts=self.hosts,
+            # Sessions' clients carry the handover path; the reader's (followers) keeps kazoo's
+            # ordering of watch events behind connection state changes.
+            handler=InlineHandler() if inline else None,
             timeout=session_timeout,
             connection_retry=retry,
             auth_data=[("digest", self.digest)] if self.digest else None,
@@ -351,10 +374,10 @@ class ZooKeeperBackend(Backend):
         connection._invoke = recording_invoke
         return client, negotiated
 
-    async def _connect(self, session_timeout: float) -> tuple[Any, tuple[float, int] | None]:
+    async def _connect(self, session_timeout: float, inline: bool = True) -> tuple[Any, tuple[float, int] | None]:
         """A started client with a session, and (negotiated timeout, session id) of its handshake."""
         loop = asyncio.get_running_loop()
-        client, negotiated = self._new_client(session_timeout)
+        client, negotiated = self._new_client(session_timeout, inline)
         connected: asyncio.Future[bool] = loop.create_future()
 
         def listener(state: Any) -> bool:
@@ -447,7 +470,7 @@ class ZooKeeperBackend(Backend):
     async def open(self) -> None:
         if self._reader is not None:
             return
-        client, _ = await self._connect(READER_SESSION_TIMEOUT)
+        client, _ = await self._connect(READER_SESSION_TIMEOUT, inline=False)
         try:
             # Reading the base proves the credentials fit its ACL (digest auth itself never fails).
             await self.request(client, "open", lambda: client.get_children_async(self.base or "/"), session=False)
@@ -464,6 +487,22 @@ class ZooKeeperBackend(Backend):
         reader, self._reader = self._reader, None
         if reader is not None:
             await self.stop_client(reader)
+
+    def abandon(self) -> None:
+        """Cut every client's connection without the close request ``stop()`` would send: kazoo's
+        own thread pings the server by itself, so freezing the core's loop alone is no crash. The
+        server then keeps the sessions until their timeout, as for a killed process."""
+        clients = [session.client for session in list(self._sessions)]
+        if self._reader is not None:
+            clients.append(self._reader)
+        for client in clients:
+            # kazoo has no public "drop": a set _stopped keeps its connection loop from
+            # reconnecting, and a shut-down socket ends the current connection at once.
+            client._stopped.set()
+            sock = getattr(client._connection, "_socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     async def create_session(self, ttl: float) -> ZooKeeperSession:
         client, handshake = await self._connect(ttl)
@@ -516,7 +555,7 @@ class ZooKeeperBackend(Backend):
                 # Certainly no entry yet: create it. Until the reply arrives (it may be lost with
                 # the connection, or this campaign cancelled) the entry may or may not exist.
                 s.uncertain.add(key)
-                created: str = await s.request(
+                created, stat = await s.request(
                     what,
                     functools.partial(
                         s.client.create_async,
@@ -525,9 +564,11 @@ class ZooKeeperBackend(Backend):
                         ephemeral=True,
                         sequence=True,
                         makepath=True,
+                        include_data=True,  # the entry's stat: its czxid is the token if it leads
                     ),
                 )
                 own = s.nodes[key] = created.rsplit("/", 1)[1]
+                s.tokens[key] = stat.czxid
                 s.uncertain.discard(key)
             if own is None:
                 # Idempotency after a lost reply or a retry: our entries carry the session id.
@@ -538,29 +579,35 @@ class ZooKeeperBackend(Backend):
                 if own is not None:
                     s.nodes[key] = own
                 continue
-            # The listing and the check of our own entry in one round trip: the check runs after
-            # the listing on the server, so it is a valid re-check when we lead.
-            children, stat = await s.pipeline(
-                what,
-                [
-                    functools.partial(s.client.get_children_async, parent),
-                    functools.partial(s.client.exists_async, f"{parent}/{own}"),
-                ],
-            )
+            # One read on our own session proves that our entry exists and whether it is first:
+            # the listing shows our entry, whose name carries our session id, and a request on an
+            # expired session fails. The first time, the same round trip also checks the entry's
+            # owner and arms the watch on it that tells the leader when it is replaced.
+            starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
+            armed = s.entry_watches.get(key)
+            if armed is None or key not in s.tokens:
+                armed, on_entry = watch_future(loop)
+                starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
+            replies = await s.pipeline(what, starts)
+            children = replies[0]
             queue = _contenders([] if isinstance(children, kz.NoNodeError) else children)
-            if own not in queue or stat is None or isinstance(stat, kz.NoNodeError):
+            stat = replies[1] if len(replies) > 1 else None
+            if own not in queue or (len(replies) > 1 and (stat is None or isinstance(stat, kz.NoNodeError))):
                 # Removed behind our back while the session lives: queue again at the end.
-                s.nodes.pop(key, None)
+                s.forget(key)
                 continue
-            position = queue.index(own)
-            if position == 0:
-                # CURATOR-696: the entry must still exist and belong to this very session, or a
-                # stale win after an expiry would be a split brain.
+            if stat is not None:
+                # CURATOR-696: the entry must belong to this very session, or a stale win after an
+                # expiry would be a split brain.
                 if stat.ephemeralOwner != s.session_id:
                     s.mark_lost("its entry belongs to another session")
                     raise SessionLostError(f"ZooKeeper session {s.id} no longer owns its entry for {key!r}")
+                s.tokens[key] = stat.czxid
+                s.entry_watches[key] = armed
+            position = queue.index(own)
+            if position == 0:
                 s.check()
-                return Term(key, name, stat.czxid)
+                return Term(key, name, s.tokens[key])
             # Wait for the predecessor only: a handover wakes one waiter, however many queue.
             predecessor = f"{parent}/{queue[position - 1]}"
             deleted, watch = watch_future(loop)
@@ -570,13 +617,38 @@ class ZooKeeperBackend(Backend):
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while waiting to lead {key!r}")
 
+    async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
+        # Entries are ordered by sequence and a new one always comes last, so a leader is
+        # replaced exactly when its own entry goes: watch that entry, on its own session.
+        s = self._own(session)
+        path = f"{self.key_path(key)}/{s.nodes.get(key)}"
+        while True:
+            if s.nodes.get(key) is None or s.tokens.get(key) != term.token:
+                return
+            fut = s.entry_watches.get(key)
+            if fut is None or (fut.done() and fut.result().type != EventType.DELETED):
+                # Not armed, or it fired for a data change or a lost connection: arm it again.
+                fut, watch = watch_future(asyncio.get_running_loop())
+                exists = functools.partial(s.client.exists_async, path, watch=watch)
+                stat = await s.request(f"watch the entry for {key!r}", exists)
+                if stat is None or stat.czxid != term.token:
+                    return
+                s.entry_watches[key] = fut
+            # Shielded: the watch stays armed for the next call when the core cancels this one.
+            event = await asyncio.shield(fut)
+            if event.type == EventType.DELETED:
+                return
+            if event.type == EventType.NONE:
+                raise StoreUnavailableError(f"connection to ZooKeeper lost while watching the entry for {key!r}")
+
     async def withdraw(self, session: Session, key: str) -> None:
         s = self._own(session)
         if s.closing or s.lost_reason is not None:
             return  # its ephemeral entries die with the session
         parent = self.key_path(key)
         what = f"withdraw from {key!r}"
-        own = s.nodes.pop(key, None)
+        own = s.nodes.get(key)
+        s.forget(key)
         if own is not None:
             names = [own]
         elif key in s.uncertain:

@@ -24,7 +24,7 @@ from leadership_conformance.containers import (
     unique_name,
     with_port_retry,
 )
-from leadership_conformance.servers import PROBE_TIMEOUT, Member
+from leadership_conformance.servers import PROBE_TIMEOUT, FaultProfile, Member
 
 __all__ = ["ZOOKEEPER_IMAGE", "ZooKeeperServer", "start_zookeeper"]
 
@@ -47,6 +47,7 @@ class ZooKeeperServer(ContainerServer):
 
     scheme = "zookeeper"
     default_port = 2181
+    fault_profile = FaultProfile(ttl=2.0, recovery_slack=3.0)
 
     def _word(self, member: Member, command: str) -> str:
         reply = four_letter_word(member.host, member.port, command)
