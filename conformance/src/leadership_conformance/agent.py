@@ -5,7 +5,8 @@ SIGKILL or SIGSTOP it like a real service.
     python -m leadership_conformance.agent --url URL --key KEY --follower
 
 stdout: one JSON object a line: ``{"t": <CLOCK_MONOTONIC>, "event": ..., ...}``; events are
-``ready``, ``elected`` (``value`` bool, ``token``), ``leader`` (``leader``, ``token``),
+``ready``, ``elected`` (``value`` bool, ``token``), ``leader`` (``leader``, ``token``: the
+follower's ``terms()``), ``name`` (``leader``: its ``follow_election()``),
 ``status`` (``is_leader``, ``token``), ``resigned`` (``token``: the term given up, None if none),
 ``ended``, ``error`` (``error``), ``sample`` (``is_leader``, ``token``, ``t_read``: an
 ``is_leader`` read every ``--sample`` seconds). stdin commands: ``resign``, ``stop``, ``status``.
@@ -108,7 +109,11 @@ def _sample(candidate: leadership.Candidate, every: float) -> None:
 
 
 def _follower(args: argparse.Namespace, store: leadership.Store) -> None:
+    # Two followers, one per stream: terms() ("leader" events, with the token) and
+    # follow_election() ("name" events), since each stream has one consumer. They watch on their
+    # own, so one may see a term the other missed; compare each only with itself.
     follower = leadership.Follower(store, args.key)
+    names = leadership.Follower(store, args.key)
 
     def stream() -> None:
         try:
@@ -118,10 +123,19 @@ def _follower(args: argparse.Namespace, store: leadership.Store) -> None:
         except Exception as exc:  # noqa: BLE001
             emit("error", error=f"{type(exc).__name__}: {exc}")
 
+    def name_stream() -> None:
+        try:
+            for name in names.follow_election():
+                emit("name", leader=name)
+        except Exception as exc:  # noqa: BLE001
+            emit("error", error=f"follow_election: {type(exc).__name__}: {exc}")
+
     threading.Thread(target=stream, daemon=True).start()
+    threading.Thread(target=name_stream, daemon=True).start()
     emit("ready")
     for line in sys.stdin:
         if line.strip() == "stop":
+            names.stop()
             follower.stop()
             emit("stopped")
             break

@@ -194,8 +194,12 @@ class ThreadAgent(Agent):
         self.store = leadership.connect(url, plugin_manager=recording_plugin_manager(self._emit))
         self.candidate = None if follower else leadership.Candidate(self.store, key, name, ttl=ttl)
         self.follower = leadership.Follower(self.store, key) if follower else None
+        # follow_election() on a follower of its own, as in agent.py (one consumer per stream).
+        self.names = leadership.Follower(self.store, key) if follower else None
         self._thread = threading.Thread(target=self._consume, daemon=True)
         self._thread.start()
+        if self.names is not None:
+            threading.Thread(target=self._consume_names, args=(self.names,), daemon=True).start()
         self._record({"t": time.monotonic(), "event": "ready"})
 
     def diagnostics(self) -> str:
@@ -223,6 +227,13 @@ class ThreadAgent(Agent):
         except Exception as exc:  # noqa: BLE001
             self._emit("error", error=f"{type(exc).__name__}: {exc}")
 
+    def _consume_names(self, names: leadership.Follower) -> None:
+        try:
+            for name in names.follow_election():
+                self._emit("name", leader=name)
+        except Exception as exc:  # noqa: BLE001
+            self._emit("error", error=f"follow_election: {type(exc).__name__}: {exc}")
+
     def command(self, cmd: str) -> None:
         if cmd == "status":
             assert self.candidate is not None
@@ -234,6 +245,8 @@ class ThreadAgent(Agent):
             self.candidate.resign()
             self._emit("resigned", token=term.token if term else None)
         elif cmd == "stop":
+            if self.names is not None:
+                self.names.stop()
             (self.candidate or self.follower).stop()  # type: ignore[union-attr]
             self._emit("stopped")
         else:

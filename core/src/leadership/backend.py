@@ -234,7 +234,8 @@ class Backend(abc.ABC):
         equal to the previous one is allowed (the core drops duplicates). The iterator raises
         StoreUnavailableError when its watch breaks; the core re-creates it. A store without
         change notifications may poll (``get_leader`` at an interval); the interval is the
-        follower's notification delay.
+        follower's notification delay, and a term shorter than it may go unreported (allowed:
+        followers report the terms they observed, never an older one after a newer one).
         """
 
     def abandon(self) -> None:

@@ -27,7 +27,12 @@ class AsyncFollower:
 
     ``async for leader in follower.follow_election()`` yields the leader's name at start (once
     someone leads) and on every change, consecutive duplicates dropped. ``follower.terms()`` is
-    the richer stream: every :class:`Term`, or None while nobody leads.
+    the richer stream: every :class:`Term` observed, or None while nobody leads.
+
+    Both report what the follower observed, not necessarily every term: a term that starts and
+    ends between two observations (a polling backend, a watch re-created, a busy process) is
+    missed, so ``terms()`` may give the same leader twice in a row with two tokens, while
+    ``follow_election()`` gives the name once.
     """
 
     def __init__(self, store: AsyncStore, key: str, *, retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
@@ -70,7 +75,8 @@ class AsyncFollower:
         return self._stream
 
     def terms(self) -> AsyncIterator[Term | None]:
-        """Every change of term: a Term, or None while nobody leads; duplicates dropped."""
+        """Every change of term observed: a Term, or None while nobody leads; duplicates dropped
+        (a term may be missed, see the class docstring)."""
         return self._start().iterate()
 
     def follow_election(self) -> AsyncIterator[str]:

@@ -23,3 +23,12 @@ class TestSqliteConformance(ConformanceSuite):
     def leadership_server(cls) -> Iterator[StoreServer]:
         with server_for("sqlite") as server:
             yield server
+
+    @pytest.fixture
+    def unreachable_url(self) -> Iterator[str]:
+        """A store that never answers: another file whose lock a second connection holds for the
+        whole test (the handle's pause, as a frozen server). A file that cannot be opened at all,
+        such as one in a missing folder, is a configuration error and is not retried."""
+        with server_for("sqlite") as other:
+            other.pause()
+            yield other.url
