@@ -72,6 +72,18 @@ async def gather_chunked(coros: list[Any], chunk: int = 500) -> list[Any]:
     return out
 
 
+async def read_leader(backend: Any, key: str) -> Any:
+    """The store's view of ``key``'s leader, read again after a transient error."""
+    from leadership.errors import StoreUnavailableError
+
+    for attempt in range(10):
+        try:
+            return await backend.get_leader(key)
+        except StoreUnavailableError:
+            await asyncio.sleep(0.1 * (attempt + 1))
+    return await backend.get_leader(key)
+
+
 async def run_store(
     store: str, url: str, port: int, elections: int, burst: int, ramp: int, counter: Any
 ) -> dict[str, Any]:
@@ -104,7 +116,7 @@ async def run_store(
     # Checked: every A candidate leads, every B candidate waits, and the store agrees for every key.
     bad_a = [c.key for c in leaders if not c.is_leader]
     bad_b = [w.key for w in waiters if w.is_leader]
-    terms = await gather_chunked([b.backend.get_leader(k) for k in keys])
+    terms = await gather_chunked([read_leader(b.backend, k) for k in keys])
     bad_store = [k for k, t in zip(keys, terms, strict=True) if t is None or t.leader != "a"]
     result["check_before_burst"] = {"a_not_leading": len(bad_a), "b_leading": len(bad_b), "store_disagrees": len(bad_store)}
 
@@ -129,7 +141,7 @@ async def run_store(
     result["burst_requests_per_s"] = round((r1 - r0) / (t2 - t0), 1) if r0 is not None and r1 is not None else None
     bad_b = [w.key for w in waiters if not w.is_leader]
     bad_a = [c.key for c in leaders[:burst] if c.is_leader] + [c.key for c in leaders[burst:] if not c.is_leader]
-    terms = await gather_chunked([a.backend.get_leader(k) for k in keys])
+    terms = await gather_chunked([read_leader(a.backend, k) for k in keys])
     expected = ["b"] * burst + ["a"] * (elections - burst)
     bad_store = [k for k, t, e in zip(keys, terms, expected, strict=True) if t is None or t.leader != e]
     result["check_after_burst"] = {"b_not_leading": len(bad_b), "a_wrong": len(bad_a), "store_disagrees": len(bad_store)}
@@ -155,6 +167,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1_000)
     parser.add_argument("--ramp", type=int, default=1_000, help="elections started at a time")
     parser.add_argument("--json", default="scale-results.json")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per store before giving up")
     parser.add_argument("--child", nargs=2, metavar=("STORE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -165,11 +178,17 @@ def main() -> None:
         server = tools.start_server(store)
         try:
             print(f"{store}: {server.url}, {args.elections} elections (load average {os.getloadavg()[0]:.2f})", flush=True)
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", store, server.url, "--elections", str(args.elections),
-                 "--burst", str(args.burst), "--ramp", str(args.ramp)],
-                capture_output=True, text=True, env=tools.env(), timeout=1800,
-            )
+            try:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", store, server.url, "--elections", str(args.elections),
+                     "--burst", str(args.burst), "--ramp", str(args.ramp)],
+                    capture_output=True, text=True, env=tools.env(), timeout=args.timeout,
+                )
+            except subprocess.TimeoutExpired as exc:
+                err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+                print(f"  not done within {args.timeout:g}s; last log lines:\n{err[-1500:]}", file=sys.stderr)
+                results.append({"store": store, "error": f"timeout after {args.timeout:g}s"})
+                continue
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 results.append({"store": store, "error": out.stderr[-500:]})
