@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from leadership.testing import leaked_threads
+
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
@@ -14,15 +16,5 @@ def no_leaked_threads() -> Iterator[None]:
     leaves its frozen thread behind on purpose, as a killed process would leave nothing)."""
     before = set(threading.enumerate())
     yield
-    leaked = [
-        t
-        for t in threading.enumerate()
-        if t not in before
-        and t.name.startswith("leadership-")
-        and t.is_alive()
-        and not getattr(t, "_leadership_abandoned", False)
-    ]
-    for t in leaked:
-        t.join(timeout=2)
-    leaked = [t for t in leaked if t.is_alive()]
+    leaked = leaked_threads(before)
     assert not leaked, f"threads left running: {leaked}"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import leadership
-from leadership.testing import memory_cluster
+from leadership.testing import leaked_threads, memory_cluster
 
 
 @pytest.fixture
@@ -34,15 +34,5 @@ def no_leaked_threads() -> Iterator[None]:
     leaves its frozen thread behind on purpose, as a killed process would leave nothing)."""
     before = set(threading.enumerate())
     yield
-    leaked = [
-        t
-        for t in threading.enumerate()
-        if t not in before
-        and t.name.startswith("leadership-")
-        and t.is_alive()
-        and not getattr(t, "_leadership_abandoned", False)
-    ]
-    for t in leaked:
-        t.join(timeout=2)
-    leaked = [t for t in leaked if t.is_alive()]
+    leaked = leaked_threads(before)
     assert not leaked, f"threads left running: {leaked}"

@@ -25,11 +25,22 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from collections.abc import Collection
 
 from .backends.memory import MemoryCluster, cluster
 from .store import Store
 
-__all__ = ["MemoryCluster", "crash", "dispose", "dump_tasks", "freeze", "is_frozen", "memory_cluster", "thaw"]
+__all__ = [
+    "MemoryCluster",
+    "crash",
+    "dispose",
+    "dump_tasks",
+    "freeze",
+    "is_frozen",
+    "leaked_threads",
+    "memory_cluster",
+    "thaw",
+]
 
 # Per store: the event its frozen loop waits on. A frozen loop runs nothing until it is set.
 _frozen: dict[int, threading.Event] = {}
@@ -92,6 +103,23 @@ def dispose(store: Store) -> None:
         store.close()
     except Exception:  # noqa: BLE001 - best effort, for teardown
         pass
+
+
+def leaked_threads(before: Collection[threading.Thread], timeout: float = 2.0) -> list[threading.Thread]:
+    """The leadership threads started since ``before`` (a ``threading.enumerate()`` taken earlier)
+    that still run after waiting up to ``timeout`` for them: what a test left behind. A crashed
+    store's frozen thread is not counted: a crash leaves it on purpose, as a killed process would."""
+    started = [
+        t
+        for t in threading.enumerate()
+        if t not in before
+        and t.name.startswith("leadership-")
+        and t.is_alive()
+        and not getattr(t, "_leadership_abandoned", False)
+    ]
+    for t in started:
+        t.join(timeout=timeout)
+    return [t for t in started if t.is_alive()]
 
 
 def dump_tasks(store: Store, timeout: float = 2.0) -> str:
