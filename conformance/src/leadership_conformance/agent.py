@@ -141,6 +141,20 @@ def _follower(args: argparse.Namespace, store: leadership.Store) -> None:
             break
 
 
+def _connect(url: str) -> leadership.Store:
+    """Connect as a service under a supervisor would: a store this process cannot reach when it
+    starts (a partition or a store outage that began before it, as the fault campaign makes) is
+    retried, not fatal. A test that needs the agent waits for its ``ready`` event, with a
+    deadline of its own."""
+    while True:
+        try:
+            return leadership.connect(url, plugin_manager=recording_plugin_manager(emit))
+        except leadership.StoreUnavailableError as exc:
+            logging.getLogger("leadership_conformance.agent").warning("%s; connecting again", exc)
+            emit("connect_retry", error=str(exc))
+            time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -164,7 +178,7 @@ def main() -> None:
         name = "follower" if args.follower else args.name
         handlers.append(logging.FileHandler(os.path.join(log_dir, f"{args.key.replace('/', '_')}-{name}.log")))
     logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    store = leadership.connect(args.url, plugin_manager=recording_plugin_manager(emit))
+    store = _connect(args.url)
     try:
         (_follower if args.follower else _candidate)(args, store)
     finally:

@@ -120,6 +120,7 @@ class ProcessAgent(Agent):
         follower: bool = False,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        ready_timeout: float = 30.0,
     ) -> None:
         super().__init__(name)
         cmd = [sys.executable, "-m", "leadership_conformance.agent", "--url", url, "--key", key]
@@ -132,7 +133,7 @@ class ProcessAgent(Agent):
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_err, daemon=True).start()
-        self.wait_for(lambda e: e["event"] in ("ready", "error"), 30, "ready")
+        self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout, "ready")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -30,8 +30,6 @@ __all__ = ["Campaign"]
 log = logging.getLogger(__name__)
 
 
-
-
 class _NoTarget(Exception):
     """No fitting target when the fault was due: it is counted as skipped."""
 
@@ -55,8 +53,17 @@ class _Agent:
         args = ["--history", os.path.join(out, f"{self.name}.jsonl")]
         args += ["--name", self.name] if self.follower else ["--sample", "0.1"]
         env = {"LEADERSHIP_AGENT_LOG_DIR": out, "LEADERSHIP_AGENT_LOG_LEVEL": "INFO"}
+        # A restart can fall inside a partition of this agent's link or a store outage: the agent
+        # keeps trying to connect until the fault heals, so its start may take that long.
         self.proc = ProcessAgent(
-            self.link.url, self.key, self.name, self.campaign.ttl, follower=self.follower, extra_args=args, env=env
+            self.link.url,
+            self.key,
+            self.name,
+            self.campaign.ttl,
+            follower=self.follower,
+            extra_args=args,
+            env=env,
+            ready_timeout=30.0 + 3 * self.campaign.bound,
         )
         self.expected_exit = False
 
@@ -142,6 +149,8 @@ class Campaign:
             leaders = []
             for agent in self.agents:
                 if agent.key == key and not agent.follower and agent.proc is not None:
+                    if agent.proc.proc.poll() is not None:
+                        continue  # it died: the checker reports its unexpected exit
                     status = agent.proc.status(timeout=10)
                     if status["is_leader"]:
                         leaders.append((agent.name, status["token"]))
