@@ -259,6 +259,9 @@ class RunCommandTests(ConformanceBase):
 
             thread = threading.Thread(target=follow, daemon=True)
             thread.start()
+            # A follower may miss a short term (a polling store, a retry after a busy store): be
+            # sure it saw this one before the leader goes, or "gone" could never be observed.
+            assert seen_leader.wait(self.handover_timeout + PROCESS_START), "the follower never saw the leader"
             end()
             thread.join(2 * self.ttl + self.store_slack + PROCESS_START)
             follower.stop()
@@ -269,7 +272,8 @@ class RunCommandTests(ConformanceBase):
         if not self.supports_processes:
             pytest.skip("an in-process store cannot be shared by 'leadership run' processes")
         log = tmp_path / "children"
-        run = RunProcess(store_url, election_key, "a", self.ttl, log, seconds=0.5, status=3)
+        # The child lives long enough for the follower to see the term before it ends.
+        run = RunProcess(store_url, election_key, "a", self.ttl, log, seconds=3.0, status=3)
 
         def end() -> None:
             assert run.proc.wait(self.handover_timeout + PROCESS_START) == 3
