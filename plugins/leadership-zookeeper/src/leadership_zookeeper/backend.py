@@ -39,7 +39,7 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._bridge import PASS_THROUGH, InlineHandler, link, post, translate, watch_future
+from ._bridge import PASS_THROUGH, InlineHandler, ThreadSlots, link, post, translate, watch_future, watch_then_list
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
@@ -88,6 +88,10 @@ EXPIRY_MARGIN = 0.1
 #: order, so a keepalive queued behind thousands of campaigns (many elections starting at once)
 #: would come back too late; the keepalive itself skips this queue.
 MAX_OUTSTANDING = 256
+#: Of which listings sent straight from kazoo's thread when a waiter's predecessor goes
+#: (watch_then_list), at most this many at once; beyond it (a burst of handovers) the waiters
+#: send theirs through the queue above.
+MAX_DIRECT = 64
 
 OPTIONS = {
     "timeout": "seconds to wait for a connection or a reply (default 10)",
@@ -163,6 +167,7 @@ class ZooKeeperSession(Session):
         self.lost_reason: str | None = None
         self.closing = False
         self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
+        self.direct_slots = ThreadSlots(MAX_DIRECT)
         #: Mirrors kazoo's connection state on the loop, so refresh can wait for a reconnect.
         self.connected = asyncio.Event()
         if client.connected:
@@ -549,6 +554,8 @@ class ZooKeeperBackend(Backend):
         loop = asyncio.get_running_loop()
         parent = self.key_path(key)
         what = f"campaign for {key!r}"
+        #: The listing sent from kazoo's thread when the predecessor went, not used yet.
+        listed: Any = None
         while True:
             own = s.nodes.get(key)
             if own is None and key not in s.uncertain:
@@ -583,12 +590,17 @@ class ZooKeeperBackend(Backend):
             # the listing shows our entry, whose name carries our session id, and a request on an
             # expired session fails. The first time, the same round trip also checks the entry's
             # owner and arms the watch on it that tells the leader when it is replaced.
-            starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
             armed = s.entry_watches.get(key)
-            if armed is None or key not in s.tokens:
-                armed, on_entry = watch_future(loop)
-                starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
-            replies = await s.pipeline(what, starts)
+            if listed is not None and armed is not None and key in s.tokens:
+                # That read, sent from kazoo's thread as soon as the predecessor went.
+                replies, listed = [listed], None
+                s.check()
+            else:
+                starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
+                if armed is None or key not in s.tokens:
+                    armed, on_entry = watch_future(loop)
+                    starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
+                replies = await s.pipeline(what, starts)
             children = replies[0]
             queue = _contenders([] if isinstance(children, kz.NoNodeError) else children)
             stat = replies[1] if len(replies) > 1 else None
@@ -610,12 +622,15 @@ class ZooKeeperBackend(Backend):
                 return Term(key, name, s.tokens[key])
             # Wait for the predecessor only: a handover wakes one waiter, however many queue.
             predecessor = f"{parent}/{queue[position - 1]}"
-            deleted, watch = watch_future(loop)
+            deleted, watch = watch_then_list(loop, s.client, parent, s.direct_slots)
             if await s.request(what, functools.partial(s.client.exists_async, predecessor, watch=watch)) is None:
                 continue
-            event = await deleted
+            event, listing = await deleted
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while waiting to lead {key!r}")
+            if isinstance(listing, BaseException) and not isinstance(listing, kz.NoNodeError):
+                listing = None  # read again through the loop, which reports errors properly
+            listed = listing
 
     async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
         # Entries are ordered by sequence and a new one always comes last, so a leader is
