@@ -234,7 +234,7 @@ def install_process_marks(kind: str) -> None:
 
     _bridge._settle = _settle
     if os.environ.get("BENCH_TRACE") == "2":  # finer: the steps between the reply and the user
-        from leadership import _util
+        from leadership import _loop, _util
         from leadership_zookeeper.backend import ZooKeeperBackend
 
         campaign, put, post = ZooKeeperBackend.campaign, _util.Stream.put, _bridge.post
@@ -252,6 +252,21 @@ def install_process_marks(kind: str) -> None:
             _mark("kazoo thread posts to the loop")
             post(*a)
 
+        withdraw, loop_call = ZooKeeperBackend.withdraw, _loop.LoopThread.call
+
+        async def traced_withdraw(self: Any, *a: Any, **k: Any) -> Any:
+            _mark("backend: withdraw starts")
+            return await withdraw(self, *a, **k)
+
+        def traced_call(self: Any, fn: Any, **k: Any) -> Any:
+            def traced_fn() -> Any:
+                _mark("loop runs the sync call")
+                return fn()
+
+            return loop_call(self, traced_fn, **k)
+
+        ZooKeeperBackend.withdraw = traced_withdraw  # type: ignore[method-assign]
+        _loop.LoopThread.call = traced_call  # type: ignore[method-assign]
         ZooKeeperBackend.campaign = traced_campaign  # type: ignore[method-assign]
         _util.Stream.put = traced_put  # type: ignore[method-assign]
         _bridge.post = traced_post

@@ -147,13 +147,15 @@ def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], 
     """A future and the kazoo watch function that settles it with the WatchedEvent.
 
     kazoo cannot remove a watch; when the waiter goes away first the watch fires later into a
-    future nobody awaits, which ``_settle`` ignores.
+    future nobody awaits: dropped here when that future is already done (reading its state from
+    kazoo's thread is a plain attribute read), else ignored by ``_settle`` on the loop.
     """
     fut: asyncio.Future[Any] = loop.create_future()
 
     @_inline
     def watch(event: Any) -> None:
-        post(loop, fut, event, None)
+        if not fut.done():  # settled or cancelled on the loop already: nobody is waiting
+            post(loop, fut, event, None)
 
     return fut, watch
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
 from kazoo.client import KazooClient  # type: ignore[import-untyped,unused-ignore]
 from kazoo.protocol.serialization import Connect  # type: ignore[import-untyped,unused-ignore]
-from kazoo.protocol.states import EventType, KazooState, KeeperState  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent  # type: ignore[import-untyped,unused-ignore]
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped,unused-ignore]
 from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped,unused-ignore]
 
@@ -222,7 +222,12 @@ class ZooKeeperSession(Session):
         """This session has no known entry for ``key`` any more."""
         self.nodes.pop(key, None)
         self.tokens.pop(key, None)
-        self.entry_watches.pop(key, None)
+        armed = self.entry_watches.pop(key, None)
+        if armed is not None and not armed.done():
+            # Gone or going (withdraw): a wait_replaced still on it returns, and the watch's own
+            # event, when the store sends it, is dropped on kazoo's thread instead of waking the
+            # loop in the middle of a handover.
+            armed.set_result(WatchedEvent(EventType.DELETED, KazooState.CONNECTED, ""))
 
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
