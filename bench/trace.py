@@ -254,9 +254,9 @@ def install_process_marks(kind: str) -> None:
 
         withdraw, loop_call = ZooKeeperBackend.withdraw, _loop.LoopThread.call
 
-        async def traced_withdraw(self: Any, *a: Any, **k: Any) -> Any:
-            _mark("backend: withdraw starts")
-            return await withdraw(self, *a, **k)
+        def traced_withdraw(self: Any, *a: Any, **k: Any) -> Any:
+            _mark("backend: withdraw called")
+            return withdraw(self, *a, **k)
 
         def traced_call(self: Any, fn: Any, **k: Any) -> Any:
             def traced_fn() -> Any:
@@ -298,7 +298,7 @@ def run_processes(url: str, ttl: float, rounds: int, warmup: int = 5) -> None:
                 end = float(waiter.expect("elected"))
                 pair.leader, pair.waiter = waiter, leader
                 time.sleep(0.3)
-                found: list[tuple[float, str]] = [(t0, "R  resign() called (user thread)")]
+                found: list[tuple[float, str]] = [(t0, "R  resign (ours: resign() called; kazoo: leader function returns)")]
                 found.append((end, "S  elected (user thread)"))
                 for side, proc in (("R", leader), ("S", waiter)):
                     proc.send("dump")

@@ -85,6 +85,11 @@ class Kazoo:
     def _lead(self) -> None:
         self.emit("elected", time.monotonic())
         self.release.wait()
+        # kazoo's resign is this function returning, in kazoo's thread: a user's leader function
+        # returns where it runs, so the clock starts here, not in the thread that set ``release``
+        # (that thread hop is the bench's, not kazoo's). Ours starts at the resign() call, in the
+        # thread that makes it, which is how a user resigns.
+        self.emit("resigning", time.monotonic())
         self.release.clear()
 
     def _run(self) -> None:
@@ -96,8 +101,7 @@ class Kazoo:
                     raise
 
     def resign(self) -> None:
-        self.emit("resigning", time.monotonic())
-        self.release.set()
+        self.release.set()  # "resigning" is emitted by _lead, see there
 
     def close(self) -> None:
         self.closing = True

@@ -162,14 +162,15 @@ class AsyncCandidate:
         if term is None or gen is None or task is None or task.done() or self._resign.is_set():
             return
         self._resign.set()
-        # The backend's request goes out on the loop's next turn, as the first thing it does
-        # then (a task of its own, not behind the retry loop's first turn): after the demotion
-        # below, which happens now. The stream's consumer thread is woken after that request
-        # is on its way, so that it does not hold the GIL meanwhile.
-        first = asyncio.ensure_future(self.store.backend.withdraw(gen.raw, self.key))
         stream = self._stream
+        # The stream's consumer thread is woken after the withdraw request is on its way, so
+        # that it does not compete for the GIL with sending it.
         with stream.notify_later() if stream is not None else contextlib.nullcontext():
             self._set_demoted(term, "resigned")
+            # Demoted: now the entry may go. A backend may send its request in this very call
+            # (ZooKeeper does); else it goes out first thing on the loop's next turn (a task of
+            # its own, not behind the retry loop's first turn).
+            first = asyncio.ensure_future(self.store.backend.withdraw(gen.raw, self.key))
         self._withdrawal = asyncio.ensure_future(self._withdraw_with_retry(gen, first))
 
     async def stop(self) -> None:

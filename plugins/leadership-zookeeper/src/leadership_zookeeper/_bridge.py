@@ -125,13 +125,18 @@ def post(
         pass
 
 
-def link(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[Any]:
-    """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``."""
+def link(
+    loop: asyncio.AbstractEventLoop, async_result: Any, then: Callable[[], None] | None = None
+) -> asyncio.Future[Any]:
+    """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``; ``then()`` is called
+    first, on kazoo's thread, when the result arrives (it must not block)."""
     fut: asyncio.Future[Any] = loop.create_future()
 
     @_inline
     def done(result: Any) -> None:
         # Runs on kazoo's completion thread; the result is ready, so get() does not block.
+        if then is not None:
+            then()
         try:
             value = result.get(block=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine

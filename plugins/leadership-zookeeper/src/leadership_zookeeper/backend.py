@@ -19,13 +19,13 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from typing import Any, ClassVar
 
 from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
 from kazoo.client import KazooClient  # type: ignore[import-untyped,unused-ignore]
 from kazoo.protocol.serialization import Connect  # type: ignore[import-untyped,unused-ignore]
-from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.states import EventType, KazooState, KeeperState  # type: ignore[import-untyped,unused-ignore]
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped,unused-ignore]
 from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped,unused-ignore]
 
@@ -222,12 +222,7 @@ class ZooKeeperSession(Session):
         """This session has no known entry for ``key`` any more."""
         self.nodes.pop(key, None)
         self.tokens.pop(key, None)
-        armed = self.entry_watches.pop(key, None)
-        if armed is not None and not armed.done():
-            # Gone or going (withdraw): a wait_replaced still on it returns, and the watch's own
-            # event, when the store sends it, is dropped on kazoo's thread instead of waking the
-            # loop in the middle of a handover.
-            armed.set_result(WatchedEvent(EventType.DELETED, KazooState.CONNECTED, ""))
+        self.entry_watches.pop(key, None)
 
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
@@ -449,7 +444,10 @@ class ZooKeeperBackend(Backend):
                 raise SessionLostError(f"ZooKeeper session is gone ({what})")
             raise StoreUnavailableError(f"not connected to ZooKeeper at {self.hosts} ({what}); reconnecting")
         loop = asyncio.get_running_loop()
-        futures = [link(loop, start()) for start in starts]
+        return await self.collect([link(loop, start()) for start in starts], what, session=session)
+
+    async def collect(self, futures: list[asyncio.Future[Any]], what: str, *, session: bool) -> list[Any]:
+        """The replies to requests already sent (see :meth:`pipeline`)."""
         try:
             _, pending = await asyncio.wait(futures, timeout=self.timeout)
             if pending:
@@ -661,8 +659,38 @@ class ZooKeeperBackend(Backend):
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while watching the entry for {key!r}")
 
-    async def withdraw(self, session: Session, key: str) -> None:
+    def withdraw(self, session: Session, key: str) -> Coroutine[Any, Any, None]:
+        # Not an ``async def``: the delete of a known entry is handed to kazoo in this call, not
+        # when the coroutine first runs, so a resigning leader's delete leaves one loop turn
+        # earlier (the core calls this as soon as it has demoted). The coroutine returned awaits
+        # the reply. At most MAX_DIRECT such deletes at once per session; beyond it, and in
+        # every other case, the request goes out when the coroutine runs, through the queue.
         s = self._own(session)
+        own = s.nodes.get(key)
+        if (
+            own is None
+            or s.closing
+            or s.lost_reason is not None
+            or not s.client.connected
+            or not s.direct_slots.try_acquire()
+        ):
+            return self._withdraw(s, key)
+        try:
+            sent = s.client.delete_async(f"{self.key_path(key)}/{own}")
+        except Exception:  # noqa: BLE001 - kazoo reports errors on the result; the slow path reports this one
+            s.direct_slots.release()
+            return self._withdraw(s, key)
+        s.forget(key)
+        s.uncertain.add(key)  # until the delete is confirmed
+        return self._deleted(s, key, link(asyncio.get_running_loop(), sent, then=s.direct_slots.release))
+
+    async def _deleted(self, s: ZooKeeperSession, key: str, sent: asyncio.Future[Any]) -> None:
+        (result,) = await self.collect([sent], f"withdraw from {key!r}", session=True)
+        if isinstance(result, PASS_THROUGH) and not isinstance(result, kz.NoNodeError):
+            raise result
+        s.uncertain.discard(key)
+
+    async def _withdraw(self, s: ZooKeeperSession, key: str) -> None:
         if s.closing or s.lost_reason is not None:
             return  # its ephemeral entries die with the session
         parent = self.key_path(key)
