@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -98,19 +100,21 @@ class LoopThread:
         a stream starts at this call). Items come straight from the stream, woken by its
         ``put``: no hop through a task and a future per item. Ends when the stream ends, or
         when the loop stops (the store was closed or abandoned)."""
-        ready = threading.Event()
+        # Wake-ups as tokens in a SimpleQueue (C, one lock; a threading.Event is several Python
+        # level lock operations on each side, each of them a chance to wait for the GIL). A
+        # token put after the consumer looked is still there when it waits: none is lost.
+        wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
 
         def attach() -> Stream[_T]:
             stream = open_stream()
-            stream.attach(ready.set)
+            stream.attach(functools.partial(wakeups.put_nowait, None))
             return stream
 
-        return self._pull(self.call(attach), ready)
+        return self._pull(self.call(attach), wakeups)
 
-    def _pull(self, stream: Stream[_T], ready: threading.Event) -> Iterator[_T]:
+    def _pull(self, stream: Stream[_T], wakeups: queue.SimpleQueue[None]) -> Iterator[_T]:
         try:
             while True:
-                ready.clear()  # before looking: a put from now on sets it again
                 try:
                     found, item = stream.take()
                 except StopIteration:
@@ -118,9 +122,13 @@ class LoopThread:
                 if found:
                     yield item  # type: ignore[misc]
                     continue
-                while not ready.wait(0.2):
-                    if self.gone():
-                        return
+                while True:
+                    try:
+                        wakeups.get(timeout=0.2)
+                        break
+                    except queue.Empty:
+                        if self.gone():
+                            return
         finally:
             # Not a blocking call: this may run anywhere, the generator's finalizer included.
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to detach from

@@ -34,6 +34,7 @@ __all__ = [
     "PASS_THROUGH",
     "InlineHandler",
     "ThreadSlots",
+    "drop",
     "link",
     "post",
     "translate",
@@ -148,6 +149,12 @@ def link(
     return fut
 
 
+def drop(watch: Any) -> None:
+    """Make a watch function of :func:`watch_future` drop its event when it comes (on kazoo's
+    thread, without waking the loop); its future then stays pending."""
+    watch.dropped = True
+
+
 def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Any]:
     """A future and the kazoo watch function that settles it with the WatchedEvent.
 
@@ -159,7 +166,8 @@ def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], 
 
     @_inline
     def watch(event: Any) -> None:
-        if not fut.done():  # settled or cancelled on the loop already: nobody is waiting
+        # Settled or cancelled on the loop already, or dropped: nobody is waiting.
+        if not fut.done() and not getattr(watch, "dropped", False):
             post(loop, fut, event, None)
 
     return fut, watch

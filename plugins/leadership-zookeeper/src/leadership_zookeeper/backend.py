@@ -39,7 +39,17 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._bridge import PASS_THROUGH, InlineHandler, ThreadSlots, link, post, translate, watch_future, watch_then_list
+from ._bridge import (
+    PASS_THROUGH,
+    InlineHandler,
+    ThreadSlots,
+    drop,
+    link,
+    post,
+    translate,
+    watch_future,
+    watch_then_list,
+)
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
@@ -161,6 +171,8 @@ class ZooKeeperSession(Session):
         #: key -> the future of the watch on that entry, armed once while campaigning: it fires
         #: when the entry goes, which is how a leader learns it was replaced (wait_replaced).
         self.entry_watches: dict[str, asyncio.Future[Any]] = {}
+        #: key -> the kazoo watch function that settles that future.
+        self.entry_watch_fns: dict[str, Any] = {}
         #: Keys whose entry may exist without being in ``nodes`` (a create or delete whose reply
         #: never came); any other key not in ``nodes`` certainly has no entry of this session.
         self.uncertain: set[str] = set()
@@ -223,6 +235,11 @@ class ZooKeeperSession(Session):
         self.nodes.pop(key, None)
         self.tokens.pop(key, None)
         self.entry_watches.pop(key, None)
+        fn = self.entry_watch_fns.pop(key, None)
+        if fn is not None:
+            # The entry is gone or going (withdraw): its watch's event would only wake the loop,
+            # in the middle of the handover, for a future nobody needs any more.
+            drop(fn)
 
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
@@ -593,7 +610,7 @@ class ZooKeeperBackend(Backend):
             # the listing shows our entry, whose name carries our session id, and a request on an
             # expired session fails. The first time, the same round trip also checks the entry's
             # owner and arms the watch on it that tells the leader when it is replaced.
-            armed = s.entry_watches.get(key)
+            armed, on_entry = s.entry_watches.get(key), None
             if listed is not None and armed is not None and key in s.tokens:
                 # That read, sent from kazoo's thread as soon as the predecessor went.
                 replies, listed = [listed], None
@@ -618,7 +635,7 @@ class ZooKeeperBackend(Backend):
                     s.mark_lost("its entry belongs to another session")
                     raise SessionLostError(f"ZooKeeper session {s.id} no longer owns its entry for {key!r}")
                 s.tokens[key] = stat.czxid
-                s.entry_watches[key] = armed
+                s.entry_watches[key], s.entry_watch_fns[key] = armed, on_entry
             position = queue.index(own)
             if position == 0:
                 s.check()
@@ -651,7 +668,7 @@ class ZooKeeperBackend(Backend):
                 stat = await s.request(f"watch the entry for {key!r}", exists)
                 if stat is None or stat.czxid != term.token:
                     return
-                s.entry_watches[key] = fut
+                s.entry_watches[key], s.entry_watch_fns[key] = fut, watch
             # Shielded: the watch stays armed for the next call when the core cancels this one.
             event = await asyncio.shield(fut)
             if event.type == EventType.DELETED:
