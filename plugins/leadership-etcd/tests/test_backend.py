@@ -345,11 +345,19 @@ def test_handover_costs_constant_requests(etcd_url: str, monkeypatch: pytest.Mon
             await b.withdraw(leader, KEY)
             assert (await asyncio.wait_for(tasks[0], 5)).leader == "w0"
             await asyncio.sleep(0.3)
-            assert counted == ["DeleteRange", "Txn"], counted
+            # w0 was next in line when it queued: its watch alone proves the win.
+            assert counted == ["DeleteRange"], counted
             assert not any(t.done() for t in tasks[1:])
-            for t in tasks[1:]:
+            counted.clear()
+            await b.withdraw(waiters[0], KEY)
+            assert (await asyncio.wait_for(tasks[1], 5)).leader == "w1"
+            await asyncio.sleep(0.3)
+            # w1 queued behind w0, not next in line: one read proves it leads.
+            assert counted == ["DeleteRange", "Txn"], counted
+            assert not any(t.done() for t in tasks[2:])
+            for t in tasks[2:]:
                 t.cancel()
-            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await asyncio.gather(*tasks[2:], return_exceptions=True)
             for s in [leader, *waiters]:
                 await s.close()
 

@@ -199,8 +199,9 @@ class _Stream:
         self.pending.clear()
         self.active.clear()
         if self.client.closing:
+            # As gRPC does with a call on a closed channel: whoever still waits is cancelled.
             for watch in unconfirmed + confirmed:
-                watch._fail(StoreUnavailableError("etcd client closed"))
+                watch._fail(asyncio.CancelledError("etcd client closed"))
             return
         if unconfirmed or confirmed:
             log.warning("etcd watch stream to %s failed (%s): resuming %d watches, failing %d unconfirmed",
@@ -230,7 +231,7 @@ class WatchStream:
         self._id: int | None = None
         self._responses: deque[Any] = deque()
         self._fragment: list[Any] = []
-        self._error: StoreError | None = None
+        self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -312,7 +313,7 @@ class WatchStream:
         self._responses.append(response)
         self._wake()
 
-    def _fail(self, error: StoreError) -> None:
+    def _fail(self, error: BaseException) -> None:
         self._stream = None
         self._id = None
         if self._error is None:

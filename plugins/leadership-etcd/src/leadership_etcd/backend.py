@@ -201,6 +201,7 @@ class EtcdBackend(Backend):
                 rpc.RequestOp(request_range=_Range(
                     key=queue, range_end=prefix_range_end(queue), limit=2,
                     sort_target=_Range.CREATE, sort_order=_Range.DESCEND, keys_only=True)),
+                rpc.RequestOp(request_range=_oldest(queue)),
             ],
             failure=[rpc.RequestOp(request_range=_Range(key=mine))],
         )
@@ -209,6 +210,8 @@ class EtcdBackend(Backend):
             created = int(response.header.revision)
             ahead = [kv for kv in response.responses[1].response_range.kvs if kv.key != mine]
             predecessor: bytes | None = ahead[0].key if ahead else None
+            oldest = response.responses[2].response_range.kvs
+            next_in_line = predecessor is not None and bool(oldest) and oldest[0].key == predecessor
             revision = created
         else:
             kvs = response.responses[0].response_range.kvs
@@ -217,16 +220,21 @@ class EtcdBackend(Backend):
             created = int(kvs[0].create_revision)
             if kvs[0].value != value:
                 await self._client.unary("kv", "Put", rpc.PutRequest(key=mine, value=value, lease=lease.lease_id))
-            predecessor, revision = await self._ahead_of(mine, queue, created)
+            predecessor, revision, next_in_line = await self._ahead_of(mine, queue, created)
         while predecessor is not None:
             log.debug("%s waits for %s to go (from revision %d)", mine.decode(), predecessor.decode(), revision + 1)
-            await self._wait_deleted(predecessor, revision + 1)
-            predecessor, revision = await self._ahead_of(mine, queue, created)
+            if next_in_line:
+                if await self._wait_turn(mine, predecessor, revision + 1):
+                    break
+            else:
+                await self._wait_deleted(predecessor, revision + 1)
+            predecessor, revision, next_in_line = await self._ahead_of(mine, queue, created)
         log.debug("%s leads (token %d)", mine.decode(), created)
         return Term(key, name, created)
 
-    async def _ahead_of(self, mine: bytes, queue: bytes, created: int) -> tuple[bytes | None, int]:
-        """The entry just ahead of ours (None: we lead) and the revision of that read.
+    async def _ahead_of(self, mine: bytes, queue: bytes, created: int) -> tuple[bytes | None, int, bool]:
+        """The entry just ahead of ours (None: we lead), the revision of that read, and whether
+        that entry is the oldest one (the leader: we are next in line).
 
         Reads our own entry in the same transaction: it exists only while our lease is alive, so
         a win is never reported for an expired session (the check etcd's Go Campaign lacks).
@@ -236,12 +244,42 @@ class EtcdBackend(Backend):
             rpc.RequestOp(request_range=_Range(
                 key=queue, range_end=prefix_range_end(queue), max_create_revision=created - 1, limit=1,
                 sort_target=_Range.CREATE, sort_order=_Range.DESCEND, keys_only=True)),
+            rpc.RequestOp(request_range=_oldest(queue)),
         ])
         response = await self._client.unary("kv", "Txn", txn)
         if not response.responses[0].response_range.kvs:
-            raise SessionLostError(f"etcd entry {mine.decode()} is gone: its lease expired or it was withdrawn")
+            raise _entry_gone(mine)
         ahead = response.responses[1].response_range.kvs
-        return (ahead[0].key if ahead else None), int(response.header.revision)
+        predecessor = ahead[0].key if ahead else None
+        oldest = response.responses[2].response_range.kvs
+        next_in_line = predecessor is not None and bool(oldest) and oldest[0].key == predecessor
+        return predecessor, int(response.header.revision), next_in_line
+
+    async def _wait_turn(self, mine: bytes, leader: bytes, start_revision: int) -> bool:
+        """Wait, next in line, for the leader's entry to go; True: we lead (False: history was
+        compacted, re-read).
+
+        A read at ``start_revision - 1`` found ``leader`` the oldest entry and ours right behind
+        it, and a new entry always comes last, so once the leader's entry is deleted nothing is
+        ahead of ours. Whether ours still exists at that revision is what the confirmation read
+        would prove; one watch over the key range spanning both entries proves it as well,
+        without the round trip: etcd delivers one watch's events in revision order, so if ours
+        had been deleted first (lease expired or revoked, withdrawn), that event would come
+        first. Deletes of other waiters' entries that sort between the two are skipped.
+        """
+        low, high = min(mine, leader), max(mine, leader)
+        create = rpc.WatchCreateRequest(key=low, range_end=high + b"\0", start_revision=start_revision,
+                                        filters=[rpc.WatchCreateRequest.NOPUT])
+        try:
+            async with self._client.watch(create) as watch:
+                while True:
+                    keys = {bytes(event.kv.key) for event in (await watch.next()).events}
+                    if mine in keys:
+                        raise _entry_gone(mine)
+                    if leader in keys:
+                        return True
+        except CompactedError:
+            return False
 
     async def _wait_deleted(self, key: bytes, start_revision: int) -> None:
         create = rpc.WatchCreateRequest(
@@ -306,6 +344,16 @@ class EtcdBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<EtcdBackend {self.url.redacted()}>"
+
+
+def _oldest(queue: bytes) -> Any:
+    """The queue's first entry: the leader."""
+    return _Range(key=queue, range_end=prefix_range_end(queue), limit=1,
+                  sort_target=_Range.CREATE, sort_order=_Range.ASCEND, keys_only=True)
+
+
+def _entry_gone(mine: bytes) -> SessionLostError:
+    return SessionLostError(f"etcd entry {mine.decode()} is gone: its lease expired or it was withdrawn")
 
 
 def _term(key: str, kv: Any) -> Term:
