@@ -232,6 +232,27 @@ def test_waiting_candidate_whose_session_expired_is_not_elected(etcd_url: str) -
     run(body())
 
 
+def test_next_in_line_is_not_elected_when_its_entry_goes_with_the_leaders(etcd_url: str) -> None:
+    """The successor next in line learns of its win from its watch alone: an event deleting the
+    leader's entry and its own at the same revision must not read as a win."""
+
+    async def body() -> None:
+        async with opened(etcd_url) as b:
+            s1, s2 = await b.create_session(10), await b.create_session(10)
+            await b.campaign(s1, KEY, "one")
+            c2 = await enqueue(b, s2, KEY, "two")
+            await asyncio.sleep(0.1)
+            both = [b._entry(s, KEY)[1] for s in (s1, s2)]
+            await b._client.unary("kv", "Txn", rpc.TxnRequest(success=[
+                rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in both]))
+            with pytest.raises(SessionLostError):
+                await asyncio.wait_for(c2, 5)
+            await s1.close()
+            await s2.close()
+
+    run(body())
+
+
 def test_cancelled_campaign_leaves_nothing_behind(etcd_url: str) -> None:
     async def body() -> None:
         async with opened(etcd_url) as b:
