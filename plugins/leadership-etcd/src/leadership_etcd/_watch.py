@@ -64,7 +64,7 @@ class _Stream:
         self.active: dict[int, WatchStream] = {}
         self.received = 0  # responses read: tells a frozen member from a busy one
         self.dead = False
-        self._outbox: deque[Any] = deque()
+        self._outbox: deque[tuple[Any, WatchStream | None]] = deque()
         self._wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -81,7 +81,8 @@ class _Stream:
             self._idle = None
         watch._fragment.clear()
         self.pending.append(watch)  # same order as the outbox: the answers come in this order
-        self._send(rpc.WatchRequest(create_request=watch._create))
+        watch._sent = None
+        self._send(rpc.WatchRequest(create_request=watch._create), watch)
 
     def cancel(self, watch_id: int) -> None:
         self.active.pop(watch_id, None)
@@ -99,8 +100,8 @@ class _Stream:
         if not self.watches:
             self.close()
 
-    def _send(self, request: Any) -> None:
-        self._outbox.append(request)
+    def _send(self, request: Any, creating: WatchStream | None = None) -> None:
+        self._outbox.append((request, creating))
         self._wakeup.set()
 
     async def _write_loop(self) -> None:
@@ -113,7 +114,10 @@ class _Stream:
                 while not self._outbox:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                await self.call.write(self._outbox.popleft())
+                request, creating = self._outbox.popleft()
+                await self.call.write(request)
+                if creating is not None:
+                    creating._sent = self.received
         except asyncio.CancelledError:
             if not self.dead:
                 self.broken(StoreUnavailableError(f"etcd {self.member.target}: watch stream cancelled"))
@@ -234,39 +238,46 @@ class WatchStream:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._sent: int | None = None  # the stream's response count when our create went out
 
     async def __aenter__(self) -> WatchStream:
         stream = self._attach()
-        received = stream.received
-        timed_out = False
+        # The deadline counts from the moment the create is written, and only a stream that has
+        # said nothing since then is given up: thousands of creates queued on one busy stream
+        # wait their turn, a frozen or cut-off member fails them (and the stream) in time.
+        timer: asyncio.TimerHandle | None = None
+        expired = False
 
         def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
+            nonlocal expired
+            expired = True
+            self._wake()
 
-        timer = asyncio.get_running_loop().call_later(self._client.timeout, expire)
         try:
-            while self._id is None and self._error is None and not timed_out:
+            while self._id is None and self._error is None:
+                if expired:
+                    expired = False
+                    if self._sent is not None and stream.received == self._sent and not stream.dead:
+                        self._client._failed(stream.member)
+                        stream.broken(StoreUnavailableError(
+                            f"etcd {stream.member.target}: watch not confirmed within {self._client.timeout:g}s"
+                        ))
+                        break
+                    if self._sent is not None:
+                        self._sent = stream.received  # it is busy, not silent: measure afresh
+                    timer = None
+                if timer is None:
+                    timer = asyncio.get_running_loop().call_later(self._client.timeout, expire)
                 await self._wait()
         except BaseException:
             self._close()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         if self._error is not None:
             self._close()
             raise self._error
-        if timed_out:
-            self._close()
-            if stream.received == received and not stream.dead:
-                # Not a word from the member in all that time: it is frozen or cut off, not busy.
-                self._client._failed(stream.member)
-                stream.broken(StoreUnavailableError(f"etcd {stream.member.target}: watch stream silent"))
-            raise StoreUnavailableError(
-                f"etcd {stream.member.target}: watch not confirmed within {self._client.timeout:g}s"
-            )
         return self
 
     async def __aexit__(
