@@ -174,3 +174,44 @@ def test_broken_stream_resumes_every_watch_without_a_missed_event() -> None:
         asyncio.run(asyncio.wait_for(body(), 90))
     finally:
         cluster.stop()
+
+
+def test_a_successor_next_in_line_keeps_its_watch_for_wait_replaced(etcd_url: str, monkeypatch: Any) -> None:
+    """The watch that showed the successor its win is the one that later shows it replaced: no
+    new watch after a win, and nothing left at the server once the term is over."""
+    endpoint = etcd_url.removeprefix("etcd://").split("?")[0]
+    created: list[Any] = []
+    watch = EtcdClient.watch
+
+    def counting_watch(self: EtcdClient, create: Any) -> Any:
+        created.append(create)
+        return watch(self, create)
+
+    monkeypatch.setattr(EtcdClient, "watch", counting_watch)
+
+    async def body() -> None:
+        key = f"armed-{uuid.uuid4().hex[:8]}"
+        async with opened(etcd_url) as b:
+            s1, s2 = await b.create_session(10), await b.create_session(10)
+            _, watchers = watches_at(endpoint)
+            await b.campaign(s1, key, "one")
+            waiting = asyncio.create_task(b.campaign(s2, key, "two"))
+            await asyncio.sleep(0.2)
+            assert len(created) == 1 and watches_at(endpoint)[1] == watchers + 1
+            await b.withdraw(s1, key)
+            term = await asyncio.wait_for(waiting, 5)
+            replaced = asyncio.create_task(b.wait_replaced(s2, key, term))
+            await asyncio.sleep(0.2)
+            assert not replaced.done()
+            assert len(created) == 1 and watches_at(endpoint)[1] == watchers + 1  # the same one
+            await b.withdraw(s2, key)
+            await asyncio.wait_for(replaced, 5)
+            for _ in range(50):
+                if watches_at(endpoint)[1] == watchers:
+                    break
+                await asyncio.sleep(0.1)
+            assert watches_at(endpoint)[1] == watchers
+            await s1.close()
+            await s2.close()
+
+    asyncio.run(asyncio.wait_for(body(), 30))

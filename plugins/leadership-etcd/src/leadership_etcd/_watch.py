@@ -285,6 +285,10 @@ class WatchStream:
     ) -> None:
         self._close()
 
+    def close(self) -> None:
+        """Cancel the watch (what leaving ``async with`` does)."""
+        self._close()
+
     async def next(self) -> Any:
         """The next response with events (progress notifications are skipped)."""
         while True:
