@@ -137,6 +137,11 @@ class EtcdClient:
         self._credentials = credentials
 
     @property
+    def authenticating(self) -> bool:
+        """Whether requests carry user credentials (auth tokens)."""
+        return self._username is not None
+
+    @property
     def size(self) -> int:
         return len(self._members)
 

@@ -63,6 +63,7 @@ class _Stream:
         self.pending: deque[WatchStream] = deque()  # create sent, not yet confirmed, in order
         self.active: dict[int, WatchStream] = {}
         self.received = 0  # responses read: tells a frozen member from a busy one
+        self.accepted = 0  # creates etcd confirmed
         self.dead = False
         self._outbox: deque[tuple[Any, WatchStream | None]] = deque()
         self._wakeup = asyncio.Event()
@@ -116,7 +117,7 @@ class _Stream:
                     await self._wakeup.wait()
                 request, creating = self._outbox.popleft()
                 await self.call.write(request)
-                if creating is not None:
+                if creating is not None and creating._stream is self and creating._id is None:
                     creating._sent = self.received
         except asyncio.CancelledError:
             if not self.dead:
@@ -156,11 +157,12 @@ class _Stream:
                 return
             watch = self.pending.popleft()
             if response.canceled or watch_id == -1:
-                watch._fail(self._refusal(response))
+                watch._fail(self._refused(response))
                 self.released()
             elif watch._closed:  # given up while its create was on the way
                 self.cancel(watch_id)
             else:
+                self.accepted += 1
                 self.active[watch_id] = watch
                 watch._confirmed(self, watch_id)
             return
@@ -173,6 +175,21 @@ class _Stream:
             self.released()
             return
         owner._deliver(response)
+
+    def _refused(self, response: Any) -> StoreError:
+        """Why a create was refused. etcd checks the stream's auth token at every create; an
+        expired one is refused as "invalid auth token" (3.4) or "permission denied" (which, on
+        a stream that had creates accepted before, is taken for an old token): then new watches
+        go to a new stream with a fresh token (the watches already on this one go on)."""
+        error = self._refusal(response)
+        stale = "invalid auth token" in response.cancel_reason or (
+            isinstance(error, AuthenticationError) and self.accepted > 0)
+        if stale and self.client.authenticating:
+            self.member.token = None
+            if self.member.stream is self:
+                self.member.stream = None
+            return StoreUnavailableError(f"{error} (on a stream opened with an older auth token; re-authenticating)")
+        return error
 
     def _refusal(self, response: Any) -> StoreError:
         where = f"etcd {self.member.target}"
