@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -14,9 +15,10 @@ from typing import Any
 import pytest
 from aetcd import rpc  # type: ignore[import-untyped,unused-ignore]
 
+from leadership.errors import StoreUnavailableError
 from leadership.url import StoreURL
 from leadership_etcd import EtcdBackend
-from leadership_etcd._client import EtcdClient
+from leadership_etcd._client import CompactedError, EtcdClient
 
 from .local_etcd import ETCD, LocalCluster, retrying
 
@@ -215,3 +217,55 @@ def test_a_successor_next_in_line_keeps_its_watch_for_wait_replaced(etcd_url: st
             await s2.close()
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_a_compacted_start_revision_fails_only_that_watch(etcd_url: str) -> None:
+    async def body() -> None:
+        async with opened(etcd_url) as b:
+            client = b._client
+            prefix = f"mux-{uuid.uuid4().hex[:8]}/".encode()
+            old = await put(client, prefix + b"a", b"1")
+            now = await put(client, prefix + b"a", b"2")
+            await client.unary("kv", "Compact", rpc.CompactionRequest(revision=now, physical=True))
+            async with client.watch(rpc.WatchCreateRequest(key=prefix + b"b", start_revision=now + 1)) as other:
+                async with client.watch(rpc.WatchCreateRequest(key=prefix + b"a", start_revision=old)) as gone:
+                    with pytest.raises(CompactedError) as caught:
+                        await asyncio.wait_for(gone.next(), 5)
+                    assert caught.value.compact_revision == now
+                await put(client, prefix + b"b", b"v")
+                events = (await asyncio.wait_for(other.next(), 5)).events
+                assert [bytes(e.kv.key) for e in events] == [prefix + b"b"]
+
+    asyncio.run(asyncio.wait_for(body(), 30))
+
+
+@pytest.mark.skipif(ETCD is None, reason="needs the etcd binary (apt-get install etcd-server)")
+def test_a_frozen_member_fails_a_new_watch_in_time_and_the_others_resume_after() -> None:
+    """A create that the stream's member never answers fails after the timeout, and the stream
+    is given up; the watch already confirmed is resumed and sees what happened meanwhile."""
+    cluster = LocalCluster(1)
+    try:
+        async def body() -> None:
+            async with opened(cluster.url + "?timeout=1") as b:
+                client = b._client
+                prefix = f"mux-{uuid.uuid4().hex[:8]}/".encode()
+                start = await retrying(lambda: put(client, prefix + b"start", b"")) + 1
+                async with client.watch(rpc.WatchCreateRequest(key=prefix + b"a", start_revision=start)) as first:
+                    stream = client._members[0].stream
+                    cluster.freeze()
+                    try:
+                        began = time.monotonic()
+                        with pytest.raises(StoreUnavailableError, match="not confirmed within 1s"):
+                            async with client.watch(rpc.WatchCreateRequest(key=prefix + b"b", start_revision=start)):
+                                pass
+                        assert time.monotonic() - began < 3.0
+                        assert stream is not None and stream.dead
+                    finally:
+                        cluster.thaw()
+                    revision = await retrying(lambda: put(client, prefix + b"a", b"v"))
+                    events = (await asyncio.wait_for(first.next(), 20)).events
+                    assert [(bytes(e.kv.key), int(e.kv.mod_revision)) for e in events] == [(prefix + b"a", revision)]
+
+        asyncio.run(asyncio.wait_for(body(), 60))
+    finally:
+        cluster.stop()
