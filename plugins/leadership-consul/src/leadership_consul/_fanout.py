@@ -153,8 +153,8 @@ class Poller:
                 self._seq += 1
                 # A new poll starts from its first waiter's index: a blocking read, as the
                 # waiter's own would be; after the index went back, from a consistent read.
-                first = min((w.index for w in self._all()), default=1)
-                seq, asked = self._seq, 0 if self._fresh else (self._index or first)
+                asked = 0 if self._fresh else self._index or min((w.index for w in self._all()), default=1)
+                seq = self._seq
                 try:
                     index, entries = await self._read(self.root, asked)
                 except StoreUnavailableError as exc:
@@ -205,7 +205,7 @@ class Poller:
                 for waiter in list(waiters.get(key, ())):
                     if index >= waiter.index and waiter.changed(current):
                         self._wake(waiter, current)
-        if index == asked:
+        if index == asked and any(w.index > index for w in self._all()):
             # A whole wait without a change: a waiter whose index is ahead of the store cannot
             # learn anything from this prefix (the store lost data, or this server lags).
             for waiter in self._all():
