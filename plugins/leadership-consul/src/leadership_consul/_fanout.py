@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: A KV entry as Consul's JSON gives it (``Key``, ``Session``, ``CreateIndex``, ``ModifyIndex``, …).
 Raw = Mapping[str, Any]
-#: (X-Consul-Index, entries) of a recursive read of a prefix from ``index`` (0: a consistent read now).
-Reader = Callable[[str, int], Awaitable[tuple[int, list[Raw]]]]
+#: (X-Consul-Index, entries, seconds spent decoding) of a recursive read of a prefix from
+#: ``index`` (0: a consistent read now).
+Reader = Callable[[str, int], Awaitable[tuple[int, list[Raw], float]]]
 
 
 class _Recheck:
@@ -56,6 +58,9 @@ class _Recheck:
 RECHECK: Any = _Recheck()
 
 _MAX_BACKOFF = 2.0
+#: A poll whose answer took longer than this to digest pauses as long before its next read.
+_PACE_FROM = 0.005
+_MAX_PAUSE = 0.1
 
 
 @dataclasses.dataclass(eq=False)
@@ -148,15 +153,23 @@ class Poller:
 
     async def _run(self) -> None:
         failures = 0
+        pause = 0.0
         try:
             while self._count:
+                if pause:
+                    # Digesting a large prefix costs the event loop as much as the answer is
+                    # big; while it keeps changing, reading it back to back would leave little
+                    # loop for the requests that change it. Half the loop at most goes to this
+                    # poll; its changes arrive together in the next answer.
+                    await asyncio.sleep(pause)
+                    pause = 0.0
                 self._seq += 1
                 # A new poll starts from its first waiter's index: a blocking read, as the
                 # waiter's own would be; after the index went back, from a consistent read.
                 asked = 0 if self._fresh else self._index or min((w.index for w in self._all()), default=1)
                 seq = self._seq
                 try:
-                    index, entries = await self._read(self.root, asked)
+                    index, entries, cost = await self._read(self.root, asked)
                 except StoreUnavailableError as exc:
                     failures += 1
                     log.debug("consul %s: poll of %r failed (%d in a row): %s", self._where, self.root, failures, exc)
@@ -169,10 +182,14 @@ class Poller:
                     continue
                 failures = 0
                 self.reads += 1
+                started = time.perf_counter()
                 self._update(seq, asked, index, entries)
+                cost += time.perf_counter() - started
+                if index != asked and cost > _PACE_FROM:
+                    pause = min(cost, _MAX_PAUSE)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:
             log.exception("consul %s: the poll of %r failed unexpectedly", self._where, self.root)
             for waiter in self._all():
                 self._wake(waiter, exc)

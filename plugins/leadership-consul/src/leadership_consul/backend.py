@@ -27,6 +27,7 @@ import math
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import AsyncGenerator, Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -215,6 +216,12 @@ class ConsulBackend(Backend):
         self._poll_slots: asyncio.Semaphore | None = None
         self._pollers: dict[str, Poller] = {}  # by the prefix each polls
         self._keyed: dict[str, int] = {}  # parent -> how many of its keys have a poll of their own
+
+    @property
+    def long_polls(self) -> int:
+        """Blocking queries this connection keeps open now: one per key polled on its own, one
+        per parent shared by many (see the README's "Waiting"). For benchmarks and tests."""
+        return sum(1 for poller in self._pollers.values() if poller.waiting)
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, connections: int) -> Any:
@@ -532,14 +539,14 @@ class ConsulBackend(Backend):
             self._keyed[parent] = self._keyed.get(parent, 0) + 1
         return poller
 
-    async def _poll(self, root: str, index: int) -> tuple[int, list[Raw]]:
+    async def _poll(self, root: str, index: int) -> tuple[int, list[Raw], float]:
         """One read of everything under ``root``: a blocking read from ``index``, or (0) a
         consistent read now. Pollers take turns for :data:`POLL_SLOTS` connections."""
         slots = self._poll_slots
         if slots is None:
             raise ClosedError(f"consul backend for {self._where} is not open")
         async with slots:
-            return await self._read(root, recurse=True, index=index, consistent=index == 0, watch=True)
+            return await self._read_timed(root, recurse=True, index=index, consistent=index == 0, watch=True)
 
     # -- HTTP --------------------------------------------------------------------------------
     async def _get(self, key: str, *, recurse: bool = False, campaign: bool = False) -> tuple[int, list[_Entry]]:
@@ -560,6 +567,13 @@ class ConsulBackend(Backend):
         """(X-Consul-Index, raw entries) of ``key``; a blocking query when ``index`` is set, which
         follows the ``consistency`` option (it continues from an index already seen, so it can
         only return a later state)."""
+        index, raw, _ = await self._read_timed(key, recurse=recurse, index=index, consistent=consistent, watch=watch)
+        return index, raw
+
+    async def _read_timed(
+        self, key: str, *, recurse: bool = False, index: int = 0, consistent: bool = False, watch: bool = False
+    ) -> tuple[int, list[Raw], float]:
+        """:meth:`_read`, and the seconds spent decoding the answer."""
         params: list[tuple[str, str]] = []
         if recurse:
             params.append(("recurse", ""))
@@ -575,6 +589,7 @@ class ConsulBackend(Backend):
         response = await self._request("GET", f"/v1/kv/{key}", params, watch=watch, timeout=timeout)
         if response.code not in (200, 404):
             self._check(response, f"read {key!r}")
+        started = time.perf_counter()
         try:
             new_index = int(response.headers.get("X-Consul-Index", "0"))
             raw = json.loads(response.body) if response.code == 200 else []
@@ -586,7 +601,7 @@ class ConsulBackend(Backend):
                 e["CreateIndex"], e["ModifyIndex"] = int(e["CreateIndex"]), int(e["ModifyIndex"])
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailableError(f"consul {self._where}: unreadable answer for {key!r}: {exc}") from exc
-        return max(new_index, 1), raw
+        return max(new_index, 1), raw, time.perf_counter() - started
 
     async def _txn(
         self, ops: Sequence[dict[str, Any]], what: str
@@ -622,6 +637,10 @@ class ConsulBackend(Backend):
         if self._dc is not None:
             query.append(("dc", self._dc))
         headers = {"X-Consul-Token": self._token} if self._token else {}
+        if watch:
+            # A poll's answer can be megabytes (every entry under a parent); the agent would
+            # gzip it and we would unzip it, both on the critical path of a wake-up.
+            headers["Accept-Encoding"] = "identity"
         http = client.http
         kwargs: dict[str, Any] = {"params": query, "headers": headers, "connections_timeout": timeout or self._timeout}
         try:
