@@ -17,6 +17,7 @@ import pytest
 from leadership.backend import Term
 from leadership.errors import SessionLostError, StoreUnavailableError
 from leadership.url import StoreURL
+from leadership_conformance.servers import StoreServer, server_for
 from leadership_consul import ConsulBackend
 from leadership_consul.backend import FANOUT_AT, _Response
 
@@ -34,14 +35,17 @@ def run(coro: Awaitable[T]) -> T:
 
 
 @pytest.fixture(scope="module")
-def consul_url() -> Iterator[str]:
-    from leadership_conformance.servers import server_for
-
+def consul_server() -> Iterator[StoreServer]:
     server = server_for("consul")
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def consul_url(consul_server: StoreServer) -> str:
+    return consul_server.url
 
 
 class Counted:
@@ -245,3 +249,48 @@ def test_index_going_back_is_a_reset(caplog: pytest.LogCaptureFixture) -> None:
         assert any("went back" in r.getMessage() for r in caplog.records), "no reset seen: the test proved nothing"
     finally:
         server.stop()
+
+
+def test_a_stalled_poll_is_raised_to_its_waiters_and_polling_recovers(consul_server: StoreServer) -> None:
+    """The agent frozen: the shared poll's read times out, is retried once, and then every wait
+    it serves raises StoreUnavailableError (the core retries them), instead of hanging. Once the
+    agent answers again, new waits on the same connection work."""
+    if not consul_server.can_inject_faults:
+        pytest.skip("an external agent cannot be paused")
+    parent = f"test/stall-{uuid.uuid4().hex[:8]}"
+    keys = [f"{parent}/{i}" for i in range(2 * FANOUT_AT)]
+
+    async def main() -> None:
+        async with opened(f"{consul_server.url}?wait=1&timeout=1") as b:
+            s1 = await b.create_session(TTL)
+            terms = [await b.campaign(s1, k, "one") for k in keys]
+            watches = [asyncio.create_task(b.wait_replaced(s1, k, t)) for k, t in zip(keys, terms, strict=True)]
+            await settle()
+            assert b.long_polls <= FANOUT_AT + 1 and not any(w.done() for w in watches)
+            consul_server.pause()
+            try:
+                done, pending = await asyncio.wait(watches, timeout=20)
+                assert not pending, f"{len(pending)} waits still hang on a frozen agent"
+                for w in done:
+                    assert isinstance(w.exception(), StoreUnavailableError), w
+            finally:
+                consul_server.unpause()
+            assert b.long_polls == 0, "a poll outlived its waiters"
+            # The agent is back: the connection waits again.
+            async def leaders() -> list[Term]:
+                found = [await b.get_leader(k) for k in keys]
+                return [t for t in found if t is not None]
+
+            assert await retrying(leaders) == terms  # the pause was far shorter than the ttl
+            watches = [asyncio.create_task(b.wait_replaced(s1, k, t)) for k, t in zip(keys, terms, strict=True)]
+            await settle()
+            assert not any(w.done() for w in watches)
+            await retrying(lambda: b.withdraw(s1, keys[-1]))
+            await asyncio.wait_for(watches[-1], 5)
+            assert not any(w.done() for w in watches[:-1])
+            for w in watches:
+                w.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+            await retrying(s1.close)
+
+    run(main())
