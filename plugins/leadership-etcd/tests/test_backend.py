@@ -54,6 +54,15 @@ async def queue_size(backend: EtcdBackend, key: str) -> int:
     return int((await backend._client.unary("kv", "Range", request)).count)
 
 
+async def close_idle_stream(backend: EtcdBackend) -> None:
+    """Check that no watch is left on the connection's shared watch stream, then close it: it
+    stays open a while for the next watch, and apart from it nothing may be left running."""
+    stream = backend._client._members[0].stream
+    assert stream is not None and stream.watches == 0
+    stream.close()
+    await asyncio.sleep(0.05)  # grpc's own per-call task finishes on the next turns
+
+
 async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
@@ -223,6 +232,27 @@ def test_waiting_candidate_whose_session_expired_is_not_elected(etcd_url: str) -
     run(body())
 
 
+def test_next_in_line_is_not_elected_when_its_entry_goes_with_the_leaders(etcd_url: str) -> None:
+    """The successor next in line learns of its win from its watch alone: an event deleting the
+    leader's entry and its own at the same revision must not read as a win."""
+
+    async def body() -> None:
+        async with opened(etcd_url) as b:
+            s1, s2 = await b.create_session(10), await b.create_session(10)
+            await b.campaign(s1, KEY, "one")
+            c2 = await enqueue(b, s2, KEY, "two")
+            await asyncio.sleep(0.1)
+            both = [b._entry(s, KEY)[1] for s in (s1, s2)]
+            await b._client.unary("kv", "Txn", rpc.TxnRequest(success=[
+                rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in both]))
+            with pytest.raises(SessionLostError):
+                await asyncio.wait_for(c2, 5)
+            await s1.close()
+            await s2.close()
+
+    run(body())
+
+
 def test_cancelled_campaign_leaves_nothing_behind(etcd_url: str) -> None:
     async def body() -> None:
         async with opened(etcd_url) as b:
@@ -236,6 +266,7 @@ def test_cancelled_campaign_leaves_nothing_behind(etcd_url: str) -> None:
                 await c2
             await b.withdraw(s2, KEY)
             await asyncio.sleep(0.05)
+            await close_idle_stream(b)
             assert asyncio.all_tasks() <= before | {asyncio.current_task()}
             assert await queue_size(b, KEY) == 1
             await s1.close()
@@ -297,6 +328,7 @@ def test_observe_starts_with_the_current_leader_and_cancels_cleanly(etcd_url: st
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await asyncio.sleep(0.05)  # grpc's own per-call task finishes on the next turns
+            await close_idle_stream(b)
             assert asyncio.all_tasks() <= before | {asyncio.current_task()}
             await s.close()
 
@@ -334,11 +366,19 @@ def test_handover_costs_constant_requests(etcd_url: str, monkeypatch: pytest.Mon
             await b.withdraw(leader, KEY)
             assert (await asyncio.wait_for(tasks[0], 5)).leader == "w0"
             await asyncio.sleep(0.3)
-            assert counted == ["DeleteRange", "Txn"], counted
+            # w0 was next in line when it queued: its watch alone proves the win.
+            assert counted == ["DeleteRange"], counted
             assert not any(t.done() for t in tasks[1:])
-            for t in tasks[1:]:
+            counted.clear()
+            await b.withdraw(waiters[0], KEY)
+            assert (await asyncio.wait_for(tasks[1], 5)).leader == "w1"
+            await asyncio.sleep(0.3)
+            # w1 queued behind w0, not next in line: one read proves it leads.
+            assert counted == ["DeleteRange", "Txn"], counted
+            assert not any(t.done() for t in tasks[2:])
+            for t in tasks[2:]:
                 t.cancel()
-            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await asyncio.gather(*tasks[2:], return_exceptions=True)
             for s in [leader, *waiters]:
                 await s.close()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -155,6 +156,34 @@ def test_expired_token_is_fetched_again(auth_cluster: LocalCluster) -> None:
         with pytest.raises(StoreUnavailableError, match="invalid auth token"):
             await b.get_leader("k")
         assert await b.get_leader("k") is None
+        await b.close()
+
+    asyncio.run(body())
+
+
+def test_expired_token_on_the_shared_watch_stream_is_fetched_again(auth_cluster: LocalCluster) -> None:
+    """etcd checks the watch stream's token at each create: once it has expired, a new watch is
+    refused as a transient error and goes to a new stream with a new token; the watch already
+    on the old stream goes on."""
+
+    async def body() -> None:
+        b = EtcdBackend(StoreURL.parse(f"etcd://app:apppw@{auth_cluster.members[0].endpoint}"))
+        await retrying(b.open)
+        client = b._client
+        start = (await retrying(lambda: client.unary("kv", "Range", rpc.RangeRequest(key=b"leadership/x")))).header
+        first = client.watch(rpc.WatchCreateRequest(key=b"leadership/a", start_revision=start.revision + 1))
+        async with first:
+            await asyncio.sleep(2.5)  # the simple token expires
+            with pytest.raises(StoreUnavailableError, match="re-authenticating"):
+                async with client.watch(rpc.WatchCreateRequest(key=b"leadership/b")):
+                    pass
+            second = client.watch(rpc.WatchCreateRequest(key=b"leadership/b", start_revision=start.revision + 1))
+            async with second:
+                for key in (b"leadership/a", b"leadership/b"):
+                    await retrying(functools.partial(client.unary, "kv", "Put", rpc.PutRequest(key=key, value=b"v")))
+                for watch, key in ((first, b"leadership/a"), (second, b"leadership/b")):
+                    events = (await asyncio.wait_for(watch.next(), 5)).events
+                    assert [bytes(e.kv.key) for e in events] == [key]
         await b.close()
 
     asyncio.run(body())

@@ -1,5 +1,5 @@
 """A minimal etcd v3 connection: one gRPC channel per endpoint, failover between them,
-authentication tokens, error translation and single watch streams.
+authentication tokens and error translation; watches share one stream per member (_watch.py).
 
 aetcd 1.0's ``Client`` talks to one endpoint over plaintext only, cannot set the range options
 the election recipe needs (``limit``, ``max_create_revision``) and ignores watch cancellations,
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, final
+from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 import grpc.aio  # type: ignore[import-untyped,unused-ignore]
@@ -25,6 +24,10 @@ from leadership.errors import (
     StoreError,
     StoreUnavailableError,
 )
+
+from ._watch import CompactedError, WatchStream, _Stream
+
+__all__ = ["MAX_IN_FLIGHT", "CompactedError", "EtcdClient", "WatchStream"]
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +68,6 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
 MAX_IN_FLIGHT = 256
 
 
-class CompactedError(StoreUnavailableError):
-    """A watch's start revision was compacted away; re-read and watch again."""
-
-    def __init__(self, message: str, compact_revision: int) -> None:
-        super().__init__(message)
-        self.compact_revision = compact_revision
-
-
 class _Member:
     """One endpoint: its channel (created lazily), stubs and auth token."""
 
@@ -85,6 +80,7 @@ class _Member:
         self.auth: Any = None
         self.token: str | None = None
         self.auth_lock = asyncio.Lock()
+        self.stream: _Stream | None = None  # the one Watch call carrying every watch on this member
 
     def connect(self, credentials: Any) -> None:
         if self.channel is not None:
@@ -104,6 +100,8 @@ class _Member:
         return bool(self.channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE)
 
     async def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
         channel, self.channel, self.token = self.channel, None, None
         if channel is not None:
             await channel.close()
@@ -132,10 +130,16 @@ class EtcdClient:
         self._password = password
         self._credentials: Any = None
         self._slots: asyncio.Semaphore | None = None
+        self.closing = False
 
     def set_credentials(self, credentials: Any) -> None:
         """TLS channel credentials; must be set before the first request."""
         self._credentials = credentials
+
+    @property
+    def authenticating(self) -> bool:
+        """Whether requests carry user credentials (auth tokens)."""
+        return self._username is not None
 
     @property
     def size(self) -> int:
@@ -146,6 +150,7 @@ class EtcdClient:
         return self._members[self._current].target
 
     async def close(self) -> None:
+        self.closing = True
         for member in self._members:
             await member.close()
 
@@ -241,105 +246,16 @@ class EtcdClient:
         return int(response.TTL)
 
     def watch(self, create: Any) -> WatchStream:
-        """A watch on its own gRPC stream: ``async with client.watch(req) as w: await w.next()``."""
+        """A watch on the current member's shared stream: ``async with client.watch(req) as w:
+        await w.next()``."""
         return WatchStream(self, create)
 
-
-@final
-class WatchStream:
-    """One watch on one stream. Entering waits until etcd confirms the watch; ``next()`` returns
-    each response carrying events and raises StoreUnavailableError when the stream breaks or
-    the server cancels the watch (CompactedError when its revision was compacted)."""
-
-    def __init__(self, client: EtcdClient, create: Any) -> None:
-        self._client = client
-        self._create = create
-        self._member: _Member | None = None
-        self._call: Any = None
-
-    async def __aenter__(self) -> WatchStream:
-        member = self._member = self._client._member()
-        metadata = await self._client._metadata(member)
-        self._call = member.watch.Watch(metadata=metadata)
-        # Not asyncio.wait_for: cancelling it leaves it waiting for grpc's read to finish, which
-        # can hang when the call is still being set up. Cancelling the call ends the read.
-        timed_out = False
-
-        def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            self._call.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self._client.timeout, expire)
-        try:
-            try:
-                await self._call.write(rpc.WatchRequest(create_request=self._create))
-            except grpc.RpcError as exc:
-                raise self._client.translate(exc, member) from None
-            response = await self._read()
-            if not response.created:
-                raise StoreUnavailableError(f"etcd {member.target}: watch was not confirmed")
-            self._check(response)
-        except BaseException:
-            self._call.cancel()
-            # Our timer cancelling the call makes grpc raise CancelledError into this task: that
-            # is the timeout, not a cancellation of the task (which must propagate). Raising it
-            # would end the caller's watch loop as if it had been stopped.
-            if timed_out and not _task_cancelled():
-                self._client._failed(member)
-                raise StoreUnavailableError(
-                    f"etcd {member.target}: watch not confirmed within {self._client.timeout:g}s"
-                ) from None
-            raise
-        finally:
-            timer.cancel()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._call is not None:
-            self._call.cancel()
-
-    async def next(self) -> Any:
-        """The next response with events (progress notifications are skipped)."""
-        while True:
-            response = await self._read()
-            self._check(response)
-            if response.events:
-                return response
-
-    async def _read(self) -> Any:
-        assert self._member is not None
-        try:
-            response = await self._call.read()
-        except grpc.RpcError as exc:
-            raise self._client.translate(exc, self._member) from None
-        if response is grpc.aio.EOF:
-            self._client._failed(self._member)
-            raise StoreUnavailableError(f"etcd {self._member.target}: watch stream ended")
-        return response
-
-    def _check(self, response: Any) -> None:
-        assert self._member is not None
-        if response.compact_revision:
-            raise CompactedError(
-                f"etcd {self._member.target}: watch revision compacted (now {response.compact_revision})",
-                int(response.compact_revision),
-            )
-        if response.canceled:
-            reason = response.cancel_reason or "no reason given"
-            if "permission denied" in reason:
-                raise AuthenticationError(f"etcd {self._member.target}: watch refused: {reason}")
-            raise StoreUnavailableError(f"etcd {self._member.target}: watch canceled by the server: {reason}")
-
-
-def _task_cancelled() -> bool:
-    """Whether the current task has a cancellation request pending (Python 3.11+; on 3.10 a
-    CancelledError raised while our own timer fired is taken for the timeout)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling()) if cancelling is not None else False
+    def _stream(self) -> _Stream:
+        """The current member's Watch stream, opened on first use."""
+        member = self._member()
+        if member.stream is None or member.stream.dead:
+            member.stream = _Stream(self, member)
+        return member.stream
 
 
 def _code(exc: BaseException) -> Any:

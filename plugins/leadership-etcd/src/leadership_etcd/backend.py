@@ -22,7 +22,7 @@ from leadership.backend import Backend, Session, Term
 from leadership.errors import ConfigurationError, PermanentStoreError, SessionLostError, StoreUnavailableError
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._client import CompactedError, EtcdClient
+from ._client import CompactedError, EtcdClient, WatchStream
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "EtcdBackend", "EtcdSession"]
 
@@ -126,6 +126,8 @@ class EtcdBackend(Backend):
         self._client = EtcdClient(
             [str(e) for e in endpoints], timeout=timeout, username=url.username, password=url.password
         )
+        # Entry -> (token, watch): the watch that saw a successor win, kept open for wait_replaced.
+        self._armed: dict[bytes, tuple[int, WatchStream]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -157,7 +159,15 @@ class EtcdBackend(Backend):
         )
 
     async def close(self) -> None:
+        for _, watch in self._armed.values():
+            watch.close()
+        self._armed.clear()
         await self._client.close()
+
+    def _disarm(self, mine: bytes) -> None:
+        armed = self._armed.pop(mine, None)
+        if armed is not None:
+            armed[1].close()
 
     async def ping(self) -> Hashable:
         """A linearizable read; identifies the cluster and its raft term, which changes when a
@@ -190,6 +200,7 @@ class EtcdBackend(Backend):
 
     async def campaign(self, session: Session, key: str, name: str) -> Term:
         lease, mine = self._entry(session, key)
+        self._disarm(mine)
         queue = self._queue(key)
         value = name.encode()
         # Create the entry unless this session already has one (a retried campaign keeps its
@@ -201,6 +212,7 @@ class EtcdBackend(Backend):
                 rpc.RequestOp(request_range=_Range(
                     key=queue, range_end=prefix_range_end(queue), limit=2,
                     sort_target=_Range.CREATE, sort_order=_Range.DESCEND, keys_only=True)),
+                rpc.RequestOp(request_range=_oldest(queue)),
             ],
             failure=[rpc.RequestOp(request_range=_Range(key=mine))],
         )
@@ -209,6 +221,8 @@ class EtcdBackend(Backend):
             created = int(response.header.revision)
             ahead = [kv for kv in response.responses[1].response_range.kvs if kv.key != mine]
             predecessor: bytes | None = ahead[0].key if ahead else None
+            oldest = response.responses[2].response_range.kvs
+            next_in_line = predecessor is not None and bool(oldest) and oldest[0].key == predecessor
             revision = created
         else:
             kvs = response.responses[0].response_range.kvs
@@ -217,16 +231,21 @@ class EtcdBackend(Backend):
             created = int(kvs[0].create_revision)
             if kvs[0].value != value:
                 await self._client.unary("kv", "Put", rpc.PutRequest(key=mine, value=value, lease=lease.lease_id))
-            predecessor, revision = await self._ahead_of(mine, queue, created)
+            predecessor, revision, next_in_line = await self._ahead_of(mine, queue, created)
         while predecessor is not None:
             log.debug("%s waits for %s to go (from revision %d)", mine.decode(), predecessor.decode(), revision + 1)
-            await self._wait_deleted(predecessor, revision + 1)
-            predecessor, revision = await self._ahead_of(mine, queue, created)
+            if next_in_line:
+                if await self._wait_turn(mine, predecessor, revision + 1, created):
+                    break
+            else:
+                await self._wait_deleted(predecessor, revision + 1)
+            predecessor, revision, next_in_line = await self._ahead_of(mine, queue, created)
         log.debug("%s leads (token %d)", mine.decode(), created)
         return Term(key, name, created)
 
-    async def _ahead_of(self, mine: bytes, queue: bytes, created: int) -> tuple[bytes | None, int]:
-        """The entry just ahead of ours (None: we lead) and the revision of that read.
+    async def _ahead_of(self, mine: bytes, queue: bytes, created: int) -> tuple[bytes | None, int, bool]:
+        """The entry just ahead of ours (None: we lead), the revision of that read, and whether
+        that entry is the oldest one (the leader: we are next in line).
 
         Reads our own entry in the same transaction: it exists only while our lease is alive, so
         a win is never reported for an expired session (the check etcd's Go Campaign lacks).
@@ -236,12 +255,51 @@ class EtcdBackend(Backend):
             rpc.RequestOp(request_range=_Range(
                 key=queue, range_end=prefix_range_end(queue), max_create_revision=created - 1, limit=1,
                 sort_target=_Range.CREATE, sort_order=_Range.DESCEND, keys_only=True)),
+            rpc.RequestOp(request_range=_oldest(queue)),
         ])
         response = await self._client.unary("kv", "Txn", txn)
         if not response.responses[0].response_range.kvs:
-            raise SessionLostError(f"etcd entry {mine.decode()} is gone: its lease expired or it was withdrawn")
+            raise _entry_gone(mine)
         ahead = response.responses[1].response_range.kvs
-        return (ahead[0].key if ahead else None), int(response.header.revision)
+        predecessor = ahead[0].key if ahead else None
+        oldest = response.responses[2].response_range.kvs
+        next_in_line = predecessor is not None and bool(oldest) and oldest[0].key == predecessor
+        return predecessor, int(response.header.revision), next_in_line
+
+    async def _wait_turn(self, mine: bytes, leader: bytes, start_revision: int, token: int) -> bool:
+        """Wait, next in line, for the leader's entry to go; True: we lead (False: history was
+        compacted, re-read).
+
+        A read at ``start_revision - 1`` found ``leader`` the oldest entry and ours right behind
+        it, and a new entry always comes last, so once the leader's entry is deleted nothing is
+        ahead of ours. Whether ours still exists at that revision is what the confirmation read
+        would prove; one watch over the key range spanning both entries proves it as well,
+        without the round trip: etcd delivers one watch's events in revision order, so if ours
+        had been deleted first (lease expired or revoked, withdrawn), that event would come
+        first. Deletes of other waiters' entries that sort between the two are skipped.
+
+        On a win the watch stays open for wait_replaced (its later events include our own
+        entry's deletion), so the new leader needs no new watch.
+        """
+        low, high = min(mine, leader), max(mine, leader)
+        create = rpc.WatchCreateRequest(key=low, range_end=high + b"\0", start_revision=start_revision,
+                                        filters=[rpc.WatchCreateRequest.NOPUT])
+        watch: WatchStream | None = await self._client.watch(create).__aenter__()
+        try:
+            while True:
+                assert watch is not None
+                keys = {bytes(event.kv.key) for event in (await watch.next()).events}
+                if mine in keys:
+                    raise _entry_gone(mine)
+                if leader in keys:
+                    self._armed[mine] = (token, watch)
+                    watch = None
+                    return True
+        except CompactedError:
+            return False
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def _wait_deleted(self, key: bytes, start_revision: int) -> None:
         create = rpc.WatchCreateRequest(
@@ -258,6 +316,17 @@ class EtcdBackend(Backend):
         # replaced exactly when its own entry goes: watch that one key for its deletion, from
         # the revision after its creation (no read first; a deletion already past is replayed).
         _, mine = self._entry(session, key)
+        armed = self._armed.pop(mine, None)
+        if armed is not None:
+            token, watch = armed
+            try:
+                while token == term.token:  # the watch that saw us win goes on
+                    if mine in {bytes(event.kv.key) for event in (await watch.next()).events}:
+                        return
+            except CompactedError:
+                pass  # watch again from the term's revision below (it reads when that is gone too)
+            finally:
+                watch.close()
         start = term.token + 1
         while True:
             create = rpc.WatchCreateRequest(key=mine, start_revision=start, filters=[rpc.WatchCreateRequest.NOPUT])
@@ -274,6 +343,7 @@ class EtcdBackend(Backend):
 
     async def withdraw(self, session: Session, key: str) -> None:
         _, mine = self._entry(session, key)
+        self._disarm(mine)
         await self._client.unary("kv", "DeleteRange", rpc.DeleteRangeRequest(key=mine))
 
     async def get_leader(self, key: str) -> Term | None:
@@ -306,6 +376,16 @@ class EtcdBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<EtcdBackend {self.url.redacted()}>"
+
+
+def _oldest(queue: bytes) -> Any:
+    """The queue's first entry: the leader."""
+    return _Range(key=queue, range_end=prefix_range_end(queue), limit=1,
+                  sort_target=_Range.CREATE, sort_order=_Range.ASCEND, keys_only=True)
+
+
+def _entry_gone(mine: bytes) -> SessionLostError:
+    return SessionLostError(f"etcd entry {mine.decode()} is gone: its lease expired or it was withdrawn")
 
 
 def _term(key: str, kv: Any) -> Term:
