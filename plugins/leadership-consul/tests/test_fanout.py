@@ -155,15 +155,17 @@ def test_many_elections_share_one_blocking_query_and_wake_only_their_own(consul_
     run(main())
 
 
-def test_waiters_on_the_shared_poll_follow_every_term_in_order(consul_url: str) -> None:
+@pytest.mark.parametrize("options", ["", "?consistency=stale"])
+def test_waiters_on_the_shared_poll_follow_every_term_in_order(consul_url: str, options: str) -> None:
     """Handovers in a row on one election among many: the follower's tokens strictly rise and
-    the waiters take over one by one, in their queue order."""
+    the waiters take over one by one, in their queue order (with ``stale`` polls too, where a
+    campaign reads the queue again instead of believing the poll)."""
     parent = f"test/fanout-{uuid.uuid4().hex[:8]}"
     keys = [f"{parent}/{i}" for i in range(2 * FANOUT_AT)]
     key = keys[-1]
 
     async def main() -> None:
-        async with opened(consul_url) as b:
+        async with opened(consul_url + options) as b:
             filler = await b.create_session(TTL)
             # Leaders of the other elections watch their terms: the shared poll is in use.
             watches = [
