@@ -19,7 +19,8 @@ from leadership.errors import SessionLostError, StoreUnavailableError
 from leadership.url import StoreURL
 from leadership_conformance.servers import StoreServer, server_for
 from leadership_consul import ConsulBackend
-from leadership_consul.backend import FANOUT_AT, _Response
+from leadership_consul._fanout import FANOUT_AT
+from leadership_consul.backend import _Response
 
 T = TypeVar("T")
 TTL = 20.0

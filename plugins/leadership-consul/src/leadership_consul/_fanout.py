@@ -38,7 +38,7 @@ from typing import Any
 
 from leadership.errors import StoreUnavailableError
 
-__all__ = ["RECHECK", "Poller", "Raw"]
+__all__ = ["FANOUT_AT", "RECHECK", "Poller", "Polls", "Raw"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class _Recheck:
 #: What :meth:`Poller.wait` returns when the store is behind the waiter: read the key yourself.
 RECHECK: Any = _Recheck()
 
+#: Keys waited on under one parent before they share the parent's poll (see :class:`Polls`).
+FANOUT_AT = 8
 _MAX_BACKOFF = 2.0
 #: A poll whose answer took longer than this to digest pauses as long before its next read.
 _PACE_FROM = 0.005
@@ -88,8 +90,6 @@ class Poller:
         self._count = 0
         self._seq = 0  # reads sent so far
         self._task: asyncio.Task[None] | None = None
-        #: Blocking reads answered (for tests and the bench: requests per wake-up).
-        self.reads = 0
 
     @property
     def waiting(self) -> int:
@@ -181,7 +181,6 @@ class Poller:
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                     continue
                 failures = 0
-                self.reads += 1
                 started = time.perf_counter()
                 self._update(seq, asked, index, entries)
                 cost += time.perf_counter() - started
@@ -228,3 +227,59 @@ class Poller:
             for waiter in self._all():
                 if waiter.seq < seq and waiter.index > index:
                     self._wake(waiter, RECHECK)
+
+
+class Polls:
+    """Which poll a wait on a key uses, for one store connection."""
+
+    def __init__(self, prefix: str, read: Reader, where: str) -> None:
+        self._prefix = prefix  # the URL path as a KV prefix
+        self._read = read
+        self._where = where
+        self._pollers: dict[str, Poller] = {}  # by the prefix each polls
+        self._keyed: dict[str, int] = {}  # parent -> how many of its keys have a poll of their own
+
+    @property
+    def open(self) -> int:
+        """Polls running now (each holds one blocking query)."""
+        return sum(1 for poller in self._pollers.values() if poller.waiting)
+
+    def poller(self, key: str) -> Poller:
+        """The poll to wait on the KV key ``key`` with: the key's own while this connection waits
+        on fewer than ``FANOUT_AT`` keys under the same parent (so a handover costs other
+        processes nothing), else one shared by every key under the parent (``jobs/7`` →
+        ``jobs/``; the URL path for a key with no parent), so the number of long polls stays
+        flat however many elections."""
+        election = key[len(self._prefix) :].split("/~", 1)[0]
+        if "/" in election:
+            parent: str | None = self._prefix + election.rsplit("/", 1)[0] + "/"
+        else:
+            parent = self._prefix or None
+        if parent is not None:
+            shared = self._pollers.get(parent)
+            if shared is not None:
+                return shared
+            if self._keyed.get(parent, 0) >= FANOUT_AT:
+                return self._new(parent, parent)
+        return self._pollers.get(key) or self._new(key, parent)
+
+    def close(self, error: BaseException) -> None:
+        pollers, self._pollers, self._keyed = self._pollers, {}, {}
+        for poller in pollers.values():
+            poller.close(error)
+
+    def _new(self, root: str, parent: str | None) -> Poller:
+        keyed = parent if parent is not None and root != parent else None
+
+        def idle(poller: Poller) -> None:
+            if self._pollers.get(root) is poller:
+                del self._pollers[root]
+                if keyed is not None:
+                    self._keyed[keyed] -= 1
+                    if not self._keyed[keyed]:
+                        del self._keyed[keyed]
+
+        poller = self._pollers[root] = Poller(root, self._read, self._where, idle)
+        if keyed is not None:
+            self._keyed[keyed] = self._keyed.get(keyed, 0) + 1
+        return poller

@@ -47,7 +47,7 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._fanout import RECHECK, Poller, Raw
+from ._fanout import RECHECK, Poller, Polls, Raw
 
 __all__ = ["ConsulBackend", "ConsulSession"]
 
@@ -67,8 +67,6 @@ MAX_WAIT = 600.0
 #: over that many parents; beyond it a poll waits for a slot (outside its request timeout).
 API_CONNECTIONS = 40
 POLL_SLOTS = 150
-#: Keys waited on under one parent before they share the parent's poll (see ``_poller``).
-FANOUT_AT = 8
 
 _OPTIONS = {
     "token": "ACL token (default: $CONSUL_HTTP_TOKEN)",
@@ -214,14 +212,13 @@ class ConsulBackend(Backend):
         self._api: Any = None
         self._watch: Any = None
         self._poll_slots: asyncio.Semaphore | None = None
-        self._pollers: dict[str, Poller] = {}  # by the prefix each polls
-        self._keyed: dict[str, int] = {}  # parent -> how many of its keys have a poll of their own
+        self._polls = Polls(self._prefix, self._poll, self._where)
 
     @property
     def long_polls(self) -> int:
         """Blocking queries this connection keeps open now: one per key polled on its own, one
         per parent shared by many (see the README's "Waiting"). For benchmarks and tests."""
-        return sum(1 for poller in self._pollers.values() if poller.waiting)
+        return self._polls.open
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, connections: int) -> Any:
@@ -262,9 +259,7 @@ class ConsulBackend(Backend):
                 self._check(response, "accept the ACL token")
 
     async def close(self) -> None:
-        pollers, self._pollers, self._keyed = self._pollers, {}, {}
-        for poller in pollers.values():
-            poller.close(ClosedError(f"consul backend for {self._where} is closed"))
+        self._polls.close(ClosedError(f"consul backend for {self._where} is closed"))
         clients, self._api, self._watch = (self._api, self._watch), None, None
         for client in clients:
             if client is not None:
@@ -502,42 +497,9 @@ class ConsulBackend(Backend):
                     index = seen[1]
 
     def _poller(self, key: str) -> Poller:
-        """The poll to wait on ``key`` with: the key's own while this process waits on fewer than
-        ``FANOUT_AT`` keys under the same parent (so a handover costs other processes nothing),
-        else one shared by every key under the parent (``jobs/7`` → ``jobs/``; the URL path for
-        a key with no parent), so the number of long polls stays flat however many elections."""
-        election = key[len(self._prefix) :].split("/~", 1)[0]
-        if "/" in election:
-            parent: str | None = self._prefix + election.rsplit("/", 1)[0] + "/"
-        else:
-            parent = self._prefix or None
         if self._api is None:
             raise ClosedError(f"consul backend for {self._where} is not open")
-        if parent is not None:
-            shared = self._pollers.get(parent)
-            if shared is not None:
-                return shared
-            if self._keyed.get(parent, 0) >= FANOUT_AT:
-                return self._new_poller(parent, parent)
-        return self._pollers.get(key) or self._new_poller(key, parent)
-
-    def _new_poller(self, root: str, parent: str | None) -> Poller:
-        keyed = parent is not None and root != parent
-
-        def idle(poller: Poller) -> None:
-            if self._pollers.get(root) is poller:
-                del self._pollers[root]
-                if keyed:
-                    assert parent is not None
-                    self._keyed[parent] -= 1
-                    if not self._keyed[parent]:
-                        del self._keyed[parent]
-
-        poller = self._pollers[root] = Poller(root, self._poll, self._where, idle)
-        if keyed:
-            assert parent is not None
-            self._keyed[parent] = self._keyed.get(parent, 0) + 1
-        return poller
+        return self._polls.poller(key)
 
     async def _poll(self, root: str, index: int) -> tuple[int, list[Raw], float]:
         """One read of everything under ``root``: a blocking read from ``index``, or (0) a
