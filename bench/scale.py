@@ -112,6 +112,8 @@ async def run_store(
     result["rss_per_election_kib"] = round(1024 * (rss_mib() - rss0) / (elections + burst), 1)
     result["store_sessions"] = {"A": a.session_count(), "B": b.session_count()}
     result["tcp_connections_to_store"] = tcp_connections(port)
+    if hasattr(a.backend, "long_polls"):  # Consul: blocking queries open, per connection
+        result["long_polls"] = {"A": a.backend.long_polls, "B": b.backend.long_polls}
 
     # Checked: every A candidate leads, every B candidate waits, and the store agrees for every key.
     bad_a = [c.key for c in leaders if not c.is_leader]

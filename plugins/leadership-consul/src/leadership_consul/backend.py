@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import AsyncGenerator, Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -45,6 +47,8 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
+from ._fanout import RECHECK, Poller, Polls, Raw
+
 __all__ = ["ConsulBackend", "ConsulSession"]
 
 log = logging.getLogger(__name__)
@@ -56,13 +60,13 @@ MAX_SESSION_TTL = 86400.0
 #: Consul caps a blocking query's wait at 10 minutes.
 MAX_WAIT = 600.0
 #: The agent accepts at most ``limits.http_max_conns_per_client`` (default 200) connections from
-#: one address, and every blocking query holds one. Blocking queries therefore get their own
-#: client, so they never starve session renewals and writes of a connection, and wait for a slot
-#: (outside the request timeout) beyond these counts: campaigns waiting on their predecessor, and
-#: observers (every Follower and every leading Candidate). All together stay below 200.
+#: one address. Requests (session renewals, writes, reads) share a pool of ``API_CONNECTIONS``.
+#: Waiting is done by one blocking query per watched prefix (see ``_fanout``), on a pool of its
+#: own so a long poll never holds a connection a renewal needs: all elections under one parent
+#: key share one poll, so ``POLL_SLOTS`` polls at once are only reached by elections spread
+#: over that many parents; beyond it a poll waits for a slot (outside its request timeout).
 API_CONNECTIONS = 40
-WAIT_SLOTS = 60
-OBSERVE_SLOTS = 90
+POLL_SLOTS = 150
 
 _OPTIONS = {
     "token": "ACL token (default: $CONSUL_HTTP_TOKEN)",
@@ -207,8 +211,14 @@ class ConsulBackend(Backend):
         self._where = f"{self._scheme}://{endpoint.with_default_port(self._port)}"
         self._api: Any = None
         self._watch: Any = None
-        self._wait_slots: asyncio.Semaphore | None = None
-        self._observe_slots: asyncio.Semaphore | None = None
+        self._poll_slots: asyncio.Semaphore | None = None
+        self._polls = Polls(self._prefix, self._poll, self._where)
+
+    @property
+    def long_polls(self) -> int:
+        """Blocking queries this connection keeps open now: one per key polled on its own, one
+        per parent shared by many (see the README's "Waiting"). For benchmarks and tests."""
+        return self._polls.open
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, connections: int) -> Any:
@@ -230,9 +240,8 @@ class ConsulBackend(Backend):
     async def open(self) -> None:
         if self._api is None:
             self._api = self._client(API_CONNECTIONS)
-            self._watch = self._client(WAIT_SLOTS + OBSERVE_SLOTS)
-            self._wait_slots = asyncio.Semaphore(WAIT_SLOTS)
-            self._observe_slots = asyncio.Semaphore(OBSERVE_SLOTS)
+            self._watch = self._client(POLL_SLOTS)
+            self._poll_slots = asyncio.Semaphore(POLL_SLOTS)
         if self._dc is not None:  # before ping(), which a wrong dc fails as unavailable
             response = await self._request("GET", "/v1/catalog/datacenters")
             known = self._json(response, "list datacenters", list)
@@ -250,6 +259,7 @@ class ConsulBackend(Backend):
                 self._check(response, "accept the ACL token")
 
     async def close(self) -> None:
+        self._polls.close(ClosedError(f"consul backend for {self._where} is closed"))
         clients, self._api, self._watch = (self._api, self._watch), None, None
         for client in clients:
             if client is not None:
@@ -390,17 +400,22 @@ class ConsulBackend(Backend):
         return None
 
     async def _wait_for_change(self, entry: _Entry) -> _Entry | None:
-        """Block until ``entry`` is deleted or replaced (or the index goes backwards); return what
-        is at its key now."""
-        index = entry.modify_index
-        while True:
-            new_index, entries = await self._get(entry.key, index=index, campaign=True)
-            current = entries[0] if entries else None
-            if current is None or current.session != entry.session or current.create_index != entry.create_index:
-                return current
-            if new_index < index:  # the store restarted or lost data: look at the queue again
-                return current
-            index = new_index
+        """Return what is at ``entry``'s key once it is deleted or replaced (``entry`` itself when
+        the caller must read again: the store went back, or the snapshot may be stale). Any
+        state seen at or after the entry's ModifyIndex is as new as the read it came from."""
+
+        def changed(current: Raw | None) -> bool:
+            return (
+                current is None
+                or (current.get("Session") or "") != entry.session
+                or int(current["CreateIndex"]) != entry.create_index
+            )
+
+        current = await self._poller(entry.key).wait(entry.key, changed, entry.modify_index)
+        if current is RECHECK or self._consistency == "stale":
+            # A stale snapshot may show a state this session has lost since: read it again.
+            return entry
+        return None if current is None else _entry(current)
 
     async def withdraw(self, session: Session, key: str) -> None:
         sid = session.id
@@ -433,17 +448,23 @@ class ConsulBackend(Backend):
         self._check(response, f"withdraw from {key!r}")
 
     async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
-        # The token is the leader key's ModifyIndex when we got it, so a blocking read from that
-        # index returns at the key's next change: no first read.
+        # The token is the leader key's ModifyIndex when we got it, so the prefix's poll shows
+        # the key's next change after that index: no first read.
         _, leader_key, _ = self._keys(key)
-        index = term.token
+        sid, token = session.id, term.token
+
+        def replaced(current: Raw | None) -> bool:
+            return current is None or (current.get("Session") or "") != sid or int(current["ModifyIndex"]) != token
+
+        index = token
         while True:
-            new_index, entries = await self._get(leader_key, index=index)
-            current = next((e for e in entries if e.key == leader_key), None)
-            if current is None or current.session != session.id or current.modify_index != term.token:
+            if await self._poller(leader_key).wait(leader_key, replaced, index) is not RECHECK:
                 return
-            # Consul's rule for blocking queries: reset when the index goes backwards.
-            index = new_index if new_index >= index else 0
+            # The store is behind our token (it lost data?): look at the key itself.
+            index, entries = await self._get(leader_key)
+            current = next((e for e in entries if e.key == leader_key), None)
+            if current is None or current.session != sid or current.modify_index != token:
+                return
 
     async def get_leader(self, key: str) -> Term | None:
         _, leader_key, _ = self._keys(key)
@@ -452,42 +473,73 @@ class ConsulBackend(Backend):
 
     async def observe(self, key: str) -> AsyncGenerator[Term | None, None]:
         _, leader_key, _ = self._keys(key)
-        index = 0
         previous: Term | None = None
         first = True
         while True:
-            # A prefix read, not a single-key read: for an absent key Consul answers with the
-            # index of the whole KV table (waking on every write anywhere), for a prefix with its
-            # tombstone's index, so a vacant election blocks quietly too.
-            new_index, entries = await self._get(leader_key, recurse=True, index=index)
-            term = _term(key, leader_key, entries)
-            if first or term != previous:
-                yield term
-            first, previous = False, term
-            # Consul's rule for blocking queries: reset when the index goes backwards.
-            index = new_index if new_index >= index else 0
+            # A consistent read first (and again when the store went back), then the prefix's
+            # poll. A prefix read, not a single-key read: for an absent key Consul answers with
+            # the index of the whole KV table, for a prefix with its tombstone's index.
+            index, entries = await self._get(leader_key, recurse=True)
+            seen = next(((e.session, e.modify_index) for e in entries if e.key == leader_key), None)
+            if seen is not None:
+                index = seen[1]  # as new as the read (see _wait_for_change)
+            while True:
+                term = _term(key, leader_key, entries)
+                if first or term != previous:
+                    yield term
+                first, previous = False, term
+                current = await self._poller(leader_key).wait(leader_key, functools.partial(_differs, seen), index)
+                if current is RECHECK:
+                    break
+                entries = [] if current is None else [_entry(current)]
+                seen = _state(current)
+                if seen is not None:
+                    index = seen[1]
+
+    def _poller(self, key: str) -> Poller:
+        if self._api is None:
+            raise ClosedError(f"consul backend for {self._where} is not open")
+        return self._polls.poller(key)
+
+    async def _poll(self, root: str, index: int) -> tuple[int, list[Raw], float]:
+        """One read of everything under ``root``: a blocking read from ``index``, or (0) a
+        consistent read now. Pollers take turns for :data:`POLL_SLOTS` connections."""
+        slots = self._poll_slots
+        if slots is None:
+            raise ClosedError(f"consul backend for {self._where} is not open")
+        async with slots:
+            return await self._read_timed(root, recurse=True, index=index, consistent=index == 0, watch=True)
 
     # -- HTTP --------------------------------------------------------------------------------
-    async def _get(
-        self, key: str, *, recurse: bool = False, index: int = 0, campaign: bool = False
-    ) -> tuple[int, list[_Entry]]:
-        """(X-Consul-Index, entries) of ``key``; a blocking query when ``index`` is set.
+    async def _get(self, key: str, *, recurse: bool = False, campaign: bool = False) -> tuple[int, list[_Entry]]:
+        """(X-Consul-Index, entries) of ``key``, read now.
 
-        A read that starts from nothing (``index`` 0) is ``consistent``, except a watch's when
-        the URL asks for ``stale``: a Consul server just elected (after a restart, say) answers
-        default-mode reads from a state store still replaying its raft log, where a held key can
-        be missing, while a consistent read waits for the replay ("not ready to serve consistent
-        reads" is a 500, retried). A blocking read continues from an index already seen, so it
-        can only return a later state: it follows the ``consistency`` option, except that a
-        campaign (``campaign``) never reads stale, as it must see the entry it just wrote."""
+        ``consistent``, except when the URL asks for ``stale`` and this is not a campaign's read
+        (a campaign must see the entry it just wrote): a Consul server just elected (after a
+        restart, say) answers default-mode reads from a state store still replaying its raft
+        log, where a held key can be missing, while a consistent read waits for the replay ("not
+        ready to serve consistent reads" is a 500, retried)."""
+        consistent = campaign or self._consistency != "stale"
+        index, raw = await self._read(key, recurse=recurse, consistent=consistent)
+        return index, [_entry(e) for e in raw]
+
+    async def _read(
+        self, key: str, *, recurse: bool = False, index: int = 0, consistent: bool = False, watch: bool = False
+    ) -> tuple[int, list[Raw]]:
+        """(X-Consul-Index, raw entries) of ``key``; a blocking query when ``index`` is set, which
+        follows the ``consistency`` option (it continues from an index already seen, so it can
+        only return a later state)."""
+        index, raw, _ = await self._read_timed(key, recurse=recurse, index=index, consistent=consistent, watch=watch)
+        return index, raw
+
+    async def _read_timed(
+        self, key: str, *, recurse: bool = False, index: int = 0, consistent: bool = False, watch: bool = False
+    ) -> tuple[int, list[Raw], float]:
+        """:meth:`_read`, and the seconds spent decoding the answer."""
         params: list[tuple[str, str]] = []
         if recurse:
             params.append(("recurse", ""))
-        consistency = str(self._consistency)
-        if index == 0 and (campaign or consistency != "stale"):
-            consistency = "consistent"
-        elif campaign and consistency == "stale":
-            consistency = "default"
+        consistency = "consistent" if consistent else str(self._consistency)
         if consistency != "default":
             params.append((consistency, ""))
         timeout = self._timeout
@@ -496,23 +548,22 @@ class ConsulBackend(Backend):
             params += [("index", str(index)), ("wait", f"{self._wait:g}s")]
             # Consul adds up to wait/16 of jitter before answering.
             timeout = self._wait * 17 / 16 + timeout
-        if index > 0:
-            slots = self._wait_slots if campaign else self._observe_slots
-            if slots is None:
-                raise ClosedError(f"consul backend for {self._where} is not open")
-            async with slots:
-                response = await self._request("GET", f"/v1/kv/{key}", params, watch=True, timeout=timeout)
-        else:
-            response = await self._request("GET", f"/v1/kv/{key}", params, timeout=timeout)
+        response = await self._request("GET", f"/v1/kv/{key}", params, watch=watch, timeout=timeout)
         if response.code not in (200, 404):
             self._check(response, f"read {key!r}")
+        started = time.perf_counter()
         try:
             new_index = int(response.headers.get("X-Consul-Index", "0"))
             raw = json.loads(response.body) if response.code == 200 else []
-            entries = [_entry(e) for e in raw]
+            if not isinstance(raw, list):
+                raise TypeError(f"a list expected, got {type(raw).__name__}")
+            for e in raw:
+                if not isinstance(e, dict) or not isinstance(e.get("Key"), str):
+                    raise TypeError(f"not a KV entry: {e!r:.200}")
+                e["CreateIndex"], e["ModifyIndex"] = int(e["CreateIndex"]), int(e["ModifyIndex"])
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreUnavailableError(f"consul {self._where}: unreadable answer for {key!r}: {exc}") from exc
-        return max(new_index, 1), entries
+        return max(new_index, 1), raw, time.perf_counter() - started
 
     async def _txn(
         self, ops: Sequence[dict[str, Any]], what: str
@@ -548,6 +599,10 @@ class ConsulBackend(Backend):
         if self._dc is not None:
             query.append(("dc", self._dc))
         headers = {"X-Consul-Token": self._token} if self._token else {}
+        if watch:
+            # A poll's answer can be megabytes (every entry under a parent); the agent would
+            # gzip it and we would unzip it, both on the critical path of a wake-up.
+            headers["Accept-Encoding"] = "identity"
         http = client.http
         kwargs: dict[str, Any] = {"params": query, "headers": headers, "connections_timeout": timeout or self._timeout}
         try:
@@ -588,6 +643,15 @@ class ConsulBackend(Backend):
 
 def _whats(errors: list[dict[str, Any]]) -> str:
     return "; ".join(str(e.get("What", e)) for e in errors)
+
+
+def _state(raw: Raw | None) -> tuple[str, int] | None:
+    """What a follower compares: the leader key's session and ModifyIndex (None: no key)."""
+    return None if raw is None else (raw.get("Session") or "", int(raw["ModifyIndex"]))
+
+
+def _differs(seen: tuple[str, int] | None, raw: Raw | None) -> bool:
+    return _state(raw) != seen
 
 
 def _term(key: str, leader_key: str, entries: list[_Entry]) -> Term | None:
