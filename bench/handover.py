@@ -7,9 +7,10 @@ Latency: resign() (or the peer's release) → the other process's elected event,
 process, two contenders per election. Ours and the peer run side by side on the same server and
 take turns trial by trial (the order flips every trial), so both see the same load; the first
 ``--warmup`` trials of each are dropped. The load average is recorded before and after each
-store. Requests: the store's own count of client requests during one handover with ``--waiters``
-contenders queued, minus the count of an idle window just as long (keepalives, pings), median
-of several handovers.
+store. Requests: the store requests during one handover with ``--waiters`` contenders queued,
+median of several handovers; on ZooKeeper counted by type on the wire through a counting proxy
+(bench/zk_requests.py: pings and our sessions' ``exists /`` confirmations left out as
+keepalives), on the other stores the server's own count minus an idle window's (keepalives).
 
 Peers (as their documentation uses them): ZooKeeper — kazoo's ``Election`` recipe; etcd —
 ``etcdctl elect`` (etcd's Go ``concurrency.Election``); Consul — ``consul lock``.
@@ -18,6 +19,7 @@ Peers (as their documentation uses them): ZooKeeper — kazoo's ``Election`` rec
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -195,32 +197,73 @@ class Herd:
 
 
 def requests(kind: str, url: str, server: Any, ttl: float, waiters: int, handovers: int, window: float) -> dict[str, Any]:
-    """Store requests per handover: the server's count over ``window`` seconds from the resign,
-    minus the background (keepalives, pings, health checks) at the rate of a long idle window."""
-    herd = Herd(kind, url, ttl, waiters)
+    """Store requests per handover, counted over ``window`` seconds from the resign.
+
+    ZooKeeper: counted by type on the wire (bench/zk_requests.py), keepalives left out by type
+    (ZooKeeper's pings, our sessions' ``exists /``). Other stores: the server's own count,
+    minus the background (keepalives, health checks) at the rate of a long idle window."""
+    proxy = None
+    excluded: tuple[str, ...] = ()
+    if server.scheme == "zookeeper":
+        from zk_requests import KEEPALIVES, CountingProxy
+
+        member = server.members[0]
+        proxy = CountingProxy(member.host, member.port)
+        url = proxy.url_for(url)
+        excluded = KEEPALIVES
+
+    def count() -> collections.Counter[str]:
+        if proxy is not None:
+            return proxy.snapshot()
+        return collections.Counter(requests=server.request_count())
+
+    def counted(before: collections.Counter[str], after: collections.Counter[str]) -> collections.Counter[str]:
+        diff = after - before
+        for kind in excluded:
+            diff.pop(kind, None)
+        return diff
+
     counts: list[float] = []
+    by_kind: collections.Counter[str] = collections.Counter()
+    keepalives: collections.Counter[str] = collections.Counter()
     woken: list[int] = []
     try:
-        time.sleep(2.0)  # everyone queued, watches armed
-        t0, c0 = time.monotonic(), server.request_count()
-        time.sleep(max(6.0, 4 * window))
-        t1, c1 = time.monotonic(), server.request_count()
-        rate = (c1 - c0) / (t1 - t0)
-        for _ in range(handovers):
-            while not herd.events.empty():
-                herd.events.get_nowait()
-            ta, ca = time.monotonic(), server.request_count()
-            herd.handover()
-            time.sleep(max(0.0, window - (time.monotonic() - ta)))
-            tb, cb = time.monotonic(), server.request_count()
-            counts.append(round(cb - ca - rate * (tb - ta), 1))
-            # Exactly one waiter may have been elected: count every "elected" in the window.
-            woken.append(sum(word == "elected" for _, word, _ in _drain(herd.events)) + 1)
-            time.sleep(0.2)
+        herd = Herd(kind, url, ttl, waiters)
+        try:
+            time.sleep(2.0)  # everyone queued, watches armed
+            t0, c0 = time.monotonic(), count()
+            time.sleep(max(6.0, 4 * window))
+            t1, c1 = time.monotonic(), count()
+            rate = sum(counted(c0, c1).values()) / (t1 - t0)
+            for _ in range(handovers):
+                while not herd.events.empty():
+                    herd.events.get_nowait()
+                ta, ca = time.monotonic(), count()
+                herd.handover()
+                time.sleep(max(0.0, window - (time.monotonic() - ta)))
+                tb, cb = time.monotonic(), count()
+                diff = counted(ca, cb)
+                by_kind.update(diff)
+                keepalives.update({k: cb[k] - ca[k] for k in excluded})
+                counts.append(round(sum(diff.values()) - rate * (tb - ta), 1))
+                # Exactly one waiter may have been elected: count every "elected" in the window.
+                woken.append(sum(word == "elected" for _, word, _ in _drain(herd.events)) + 1)
+                time.sleep(0.2)
+        finally:
+            herd.close()
     finally:
-        herd.close()
-    return {"kind": kind, "waiters": waiters, "background_per_s": rate, "per_handover": counts,
-            "elected_per_handover": woken}
+        if proxy is not None:
+            proxy.close()
+    return {
+        "kind": kind,
+        "waiters": waiters,
+        "method": "by type on the wire, keepalives left out" if proxy else "server count minus idle rate",
+        "background_per_s": rate,
+        "per_handover": counts,
+        "by_kind_per_handover": {k: v / handovers for k, v in sorted(by_kind.items())},
+        "left_out_per_handover": {k: v / handovers for k, v in sorted(keepalives.items())},
+        "elected_per_handover": woken,
+    }
 
 
 def _drain(q: queue.Queue[Any]) -> list[Any]:
@@ -283,6 +326,10 @@ def print_store(store: str, r: dict[str, Any]) -> None:
             f"{q['per_handover']}  elected {q['elected_per_handover']}",
             flush=True,
         )
+        if q.get("method", "").startswith("by type"):
+            kinds = ", ".join(f"{k} {v:g}" for k, v in q["by_kind_per_handover"].items())
+            left = ", ".join(f"{k} {v:g}" for k, v in q["left_out_per_handover"].items())
+            print(f"    per handover, by type: {kinds}  (left out as keepalives: {left})", flush=True)
 
 
 def print_table(results: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ KIND is ``ours`` (leadership's sync Candidate), ``kazoo`` (kazoo's ``Election`` 
 ``etcdctl`` (``etcdctl elect``, etcd's own Go election) or ``consul-lock`` (``consul lock``).
 
 Protocol, one line each. To the worker: ``resign`` (give up leadership; keep campaigning),
-``quit``. From the worker: ``ready`` once queued for the first time, ``elected <t>`` when it
+``quit`` (and ``dump`` with ``BENCH_TRACE=1``: bench/trace.py's marks). From the worker: ``ready`` once queued for the first time, ``elected <t>`` when it
 starts leading, ``resigning <t>`` just before it lets go, ``error <text>``. Times are
 ``time.monotonic()``, i.e. CLOCK_MONOTONIC, the same clock in every process of the machine.
 
@@ -17,6 +17,7 @@ what their users do (SIGINT for ``etcdctl elect``, ending the handler for ``cons
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,11 @@ class Kazoo:
     def _lead(self) -> None:
         self.emit("elected", time.monotonic())
         self.release.wait()
+        # kazoo's resign is this function returning, in kazoo's thread: a user's leader function
+        # returns where it runs, so the clock starts here, not in the thread that set ``release``
+        # (that thread hop is the bench's, not kazoo's). Ours starts at the resign() call, in the
+        # thread that makes it, which is how a user resigns.
+        self.emit("resigning", time.monotonic())
         self.release.clear()
 
     def _run(self) -> None:
@@ -95,8 +101,7 @@ class Kazoo:
                     raise
 
     def resign(self) -> None:
-        self.emit("resigning", time.monotonic())
-        self.release.set()
+        self.release.set()  # "resigning" is emitted by _lead, see there
 
     def close(self) -> None:
         self.closing = True
@@ -210,6 +215,12 @@ KINDS: dict[str, Callable[..., Any]] = {
 
 def main() -> None:
     kind, url, key, name, ttl = sys.argv[1:6]
+    traced: Any = None
+    if os.environ.get("BENCH_TRACE"):
+        # bench/trace.py --processes: timestamp each step of a handover in this process.
+        import trace as traced  # bench/trace.py (this folder comes first on sys.path)
+
+        traced.install_process_marks(kind)
     try:
         contender = KINDS[kind](url, key, name, float(ttl))
     except Exception as exc:
@@ -219,6 +230,9 @@ def main() -> None:
         command = line.strip()
         if command == "resign":
             contender.resign()
+        elif command == "dump" and traced is not None:
+            marks, traced.marks[:] = list(traced.marks), []
+            say("marks", json.dumps(marks))
         elif command == "quit":
             break
     contender.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from .errors import InvalidArgumentError, InvalidTTLError, PermanentStoreError, UsageError
@@ -84,6 +85,8 @@ class Stream(Generic[_T]):
         self._error: BaseException | None = None
         self._wakeup = Flag()
         self._consuming = False
+        #: Called after every put and on close when a consumer in another thread is attached.
+        self._notify: Callable[[], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -93,12 +96,62 @@ class Stream(Generic[_T]):
         if not self._closed:
             self._items.append(item)
             self._wakeup.set()
+            if self._notify is not None:
+                self._notify()
 
     def close(self, error: BaseException | None = None) -> None:
         if not self._closed:
             self._closed = True
             self._error = error
             self._wakeup.set()
+            if self._notify is not None:
+                self._notify()
+
+    # The consumer in another thread (the sync API): it takes items straight from the deque
+    # (append and popleft are atomic) and is woken by ``notify``, set from the loop's side in the
+    # same call that puts the item, so a value reaches it without a task or a future in between.
+
+    def attach(self, notify: Callable[[], None]) -> None:
+        """Make the caller this stream's consumer, from another thread (call on the loop)."""
+        if self._consuming:
+            raise UsageError("this stream already has a consumer; iterate it from one place only")
+        self._consuming = True
+        self._notify = notify
+
+    @contextlib.contextmanager
+    def notify_later(self) -> Iterator[None]:
+        """Within the block, items are queued at once but the consumer in another thread is
+        woken on the loop's next turn, after the work already scheduled for it: waking a thread
+        of this process makes it compete for the GIL with whatever the loop does next."""
+        notify, self._notify = self._notify, None
+        try:
+            yield
+        finally:
+            if self._notify is None:
+                self._notify = notify
+            if notify is not None:
+                asyncio.get_running_loop().call_soon(notify)
+
+    def detach(self) -> None:
+        """The attached consumer is done (call on the loop)."""
+        self._notify = None
+        self._consuming = False
+
+    def take(self) -> tuple[bool, _T | None]:
+        """For the attached consumer, from its thread: ``(True, item)``, or ``(False, None)``
+        when nothing is queued. At the end raises StopIteration, or the closing error once."""
+        try:
+            return True, self._items.popleft()
+        except IndexError:
+            pass
+        if not self._closed:
+            return False, None
+        if self._items:  # put just before the close
+            return True, self._items.popleft()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        raise StopIteration
 
     async def get(self) -> _T:
         """The next item; raises StopAsyncIteration at the end (or the closing error)."""

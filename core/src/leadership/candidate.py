@@ -14,6 +14,7 @@ from ._util import (
     Flag,
     Interrupted,
     Stream,
+    abandon,
     describe,
     is_permanent,
     nap,
@@ -32,7 +33,6 @@ from .errors import (
     NotLeaderError,
     SessionLostError,
 )
-from .follower import _iterate
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .store import AsyncStore, Store
 
@@ -99,6 +99,8 @@ class AsyncCandidate:
         self._stopped = False
         self._elected_waiters: list[asyncio.Future[Term]] = []
         self._lost = Flag()
+        #: The withdraw resign() started (see _begin_resign); _lead awaits it.
+        self._withdrawal: asyncio.Future[None] | None = None
         self.last_error: BaseException | None = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -124,6 +126,12 @@ class AsyncCandidate:
         assert self._stream is not None
         return self._stream.iterate()
 
+    def _open_stream(self) -> Stream[bool]:
+        """Start campaigning (if not already) and return the stream (the sync API's)."""
+        self._start()
+        assert self._stream is not None
+        return self._stream
+
     def _start(self) -> None:
         if self._stopped:
             raise ClosedError(f"candidate {self.name!r} for {self.key!r} was stopped; create a new one")
@@ -144,12 +152,26 @@ class AsyncCandidate:
     async def resign(self) -> None:
         """Give up leadership now and keep campaigning (from the back of the queue). Does nothing
         when not leading. Returns once the stream has reported False."""
-        task = self._task
-        if self._term is None or task is None or task.done():
+        self._begin_resign()
+
+    def _begin_resign(self) -> None:
+        """resign() on the loop, synchronously: demote (``is_leader`` False, hooks, stream False)
+        and start removing our entry, in this very call. The campaign task wakes up later and
+        finds the withdraw under way, instead of the handover waiting for it to wake."""
+        task, term, gen = self._task, self._term, self._gen
+        if term is None or gen is None or task is None or task.done() or self._resign.is_set():
             return
-        lost = self._lost
         self._resign.set()
-        await wait_first(lost, self._stop, task)
+        stream = self._stream
+        # The stream's consumer thread is woken after the withdraw request is on its way, so
+        # that it does not compete for the GIL with sending it.
+        with stream.notify_later() if stream is not None else contextlib.nullcontext():
+            self._set_demoted(term, "resigned")
+            # Demoted: now the entry may go. A backend may send its request in this very call
+            # (ZooKeeper does); else it goes out first thing on the loop's next turn (a task of
+            # its own, not behind the retry loop's first turn).
+            first = asyncio.ensure_future(self.store.backend.withdraw(gen.raw, self.key))
+        self._withdrawal = asyncio.ensure_future(self._withdraw_with_retry(gen, first))
 
     async def stop(self) -> None:
         """Release leadership if held, interrupt a pending campaign, end the stream. Idempotent."""
@@ -310,12 +332,16 @@ class AsyncCandidate:
                 reason = "session_lost"
             else:
                 reason = "replaced"
-            self._set_demoted(term, reason)
+            if self._term is term:  # not yet demoted by resign()
+                self._set_demoted(term, reason)
             if reason in ("resigned", "replaced"):
                 # Remove our entry (the next candidate takes over) and campaign again from the
                 # back of the queue — after the successor has taken over, so that our new entry
                 # does not compete with its first requests.
-                await self._withdraw_with_retry(gen)
+                if self._withdrawal is not None:
+                    await self._withdrawal  # resign() started it
+                else:
+                    await self._withdraw_with_retry(gen)
                 if reason == "resigned":
                     grace = asyncio.ensure_future(asyncio.sleep(HANDOVER_GRACE))
                     try:
@@ -324,7 +350,10 @@ class AsyncCandidate:
                         grace.cancel()
         finally:
             watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            withdrawal, self._withdrawal = self._withdrawal, None
+            if withdrawal is not None:
+                withdrawal.cancel()  # a no-op once done; else stop() or a lost session came first
+            await asyncio.gather(watch, *([withdrawal] if withdrawal else []), return_exceptions=True)
         if reason == "stopped":
             raise _Stopped
         if reason == "session_lost":
@@ -339,22 +368,29 @@ class AsyncCandidate:
             self.store.observers.demoted(self.key, self.name, term.token, reason)
         self._emit(False)
 
-    async def _withdraw_with_retry(self, gen: Generation) -> None:
+    async def _withdraw_with_retry(self, gen: Generation, first: asyncio.Future[None] | None = None) -> None:
+        """Remove our entry, retrying transient errors; ``first``: the first attempt, already
+        under way."""
         withdrawing = Backoff(self.store.report_error, "withdraw", self.retry or DEFAULT_RETRY, pause=self._backoff)
-        while gen.alive() and not self._stop.is_set():
-            try:
-                await race(self.store.backend.withdraw(gen.raw, self.key), self._stop, gen.lost)
-                return
-            except Interrupted as interrupted:
-                if interrupted.flag is self._stop:
-                    raise _Stopped from None
-                return  # the session is gone, and its entry with it
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_permanent(exc):
+        try:
+            while gen.alive() and not self._stop.is_set():
+                attempt, first = first or self.store.backend.withdraw(gen.raw, self.key), None
+                try:
+                    await race(attempt, self._stop, gen.lost)
+                    return
+                except Interrupted as interrupted:
+                    if interrupted.flag is self._stop:
+                        raise _Stopped from None
+                    return  # the session is gone, and its entry with it
+                except asyncio.CancelledError:
                     raise
-                await withdrawing.failed(exc)
+                except Exception as exc:
+                    if is_permanent(exc):
+                        raise
+                    await withdrawing.failed(exc)
+        finally:
+            if first is not None:  # never awaited: stopped or lost before it was
+                abandon(first)
 
     async def _backoff(self, delay: float) -> None:
         """Wait ``delay`` seconds before a retry, or less: until the store is reachable again
@@ -507,11 +543,14 @@ class Candidate:
         The iterator ends after :meth:`stop`; with ``retry=None`` it raises the store error that
         ended it, and calling run_for_election() again starts over.
         """
-        return _iterate(self.store, self.aio.run_for_election)
+        return self.store._iterate(self.aio._open_stream)
 
     def resign(self) -> None:
-        """Give up leadership now and keep campaigning. Does nothing when not leading."""
-        self.store._run(self.aio.resign())
+        """Give up leadership now and keep campaigning. Does nothing when not leading. Returns
+        once the stream has reported False."""
+        # A plain call on the loop, not a coroutine: no task to create and schedule first; and
+        # this thread is woken after the store request is on its way.
+        self.store._call(self.aio._begin_resign, answer_later=True)
 
     def stop(self) -> None:
         """Release leadership if held, interrupt a pending campaign, end the stream."""

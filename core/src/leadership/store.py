@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
 from typing import Any, TypeVar
 
 import pluggy
@@ -16,7 +16,7 @@ import pluggy
 from ._loop import LoopThread
 from ._observers import Observers, StoreLog
 from ._session import CLOSE_BUDGET, Generation, LoadGauge, SharedSession
-from ._util import Backoff, Flag, describe, is_permanent
+from ._util import Backoff, Flag, Stream, describe, is_permanent
 from .backend import Backend
 from .errors import BackendRegistrationError, ClosedError, InvalidArgumentError, StoreUnavailableError
 from .plugins import default_plugin_manager, find_backend
@@ -372,10 +372,15 @@ class Store:
             raise ClosedError(f"store {self.url} is closed")
         return self._runner.run(coro, timeout)
 
-    def _call(self, fn: Callable[[], _T]) -> _T:
+    def _call(self, fn: Callable[[], _T], *, answer_later: bool = False) -> _T:
         if self._closed:
             raise ClosedError(f"store {self.url} is closed")
-        return self._runner.call(fn)
+        return self._runner.call(fn, answer_later=answer_later)
+
+    def _iterate(self, open_stream: Callable[[], Stream[_T]]) -> Iterator[_T]:
+        if self._closed:
+            raise ClosedError(f"store {self.url} is closed")
+        return self._runner.iterate(open_stream)
 
     def close(self) -> None:
         """Stop every candidate and follower of this store (releasing leadership) and disconnect."""

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
 from kazoo.handlers.threading import SequentialThreadingHandler  # type: ignore[import-untyped,unused-ignore]
+from kazoo.protocol.states import EventType  # type: ignore[import-untyped,unused-ignore]
 
 from leadership.errors import (
     AuthenticationError,
@@ -28,7 +30,17 @@ from leadership.errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["PASS_THROUGH", "InlineHandler", "link", "post", "translate", "watch_future"]
+__all__ = [
+    "PASS_THROUGH",
+    "InlineHandler",
+    "ThreadSlots",
+    "drop",
+    "link",
+    "post",
+    "translate",
+    "watch_future",
+    "watch_then_list",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _INLINE = "_leadership_inline"
@@ -114,13 +126,18 @@ def post(
         pass
 
 
-def link(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[Any]:
-    """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``."""
+def link(
+    loop: asyncio.AbstractEventLoop, async_result: Any, then: Callable[[], None] | None = None
+) -> asyncio.Future[Any]:
+    """An asyncio future settled (on ``loop``) by a kazoo ``IAsyncResult``; ``then()`` is called
+    first, on kazoo's thread, when the result arrives (it must not block)."""
     fut: asyncio.Future[Any] = loop.create_future()
 
     @_inline
     def done(result: Any) -> None:
         # Runs on kazoo's completion thread; the result is ready, so get() does not block.
+        if then is not None:
+            then()
         try:
             value = result.get(block=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -132,17 +149,91 @@ def link(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[A
     return fut
 
 
+def drop(watch: Any) -> None:
+    """Make a watch function of :func:`watch_future` drop its event when it comes (on kazoo's
+    thread, without waking the loop); its future then stays pending."""
+    watch.dropped = True
+
+
 def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Any]:
     """A future and the kazoo watch function that settles it with the WatchedEvent.
 
     kazoo cannot remove a watch; when the waiter goes away first the watch fires later into a
-    future nobody awaits, which ``_settle`` ignores.
+    future nobody awaits: dropped here when that future is already done (reading its state from
+    kazoo's thread is a plain attribute read), else ignored by ``_settle`` on the loop.
     """
     fut: asyncio.Future[Any] = loop.create_future()
 
     @_inline
     def watch(event: Any) -> None:
-        post(loop, fut, event, None)
+        # Settled or cancelled on the loop already, or dropped: nobody is waiting.
+        if not fut.done() and not getattr(watch, "dropped", False):
+            post(loop, fut, event, None)
+
+    return fut, watch
+
+
+class ThreadSlots:
+    """A cap on requests sent from kazoo's thread (see :func:`watch_then_list`): never blocks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._used -= 1
+
+
+def watch_then_list(
+    loop: asyncio.AbstractEventLoop, client: Any, parent: str, slots: ThreadSlots
+) -> tuple[asyncio.Future[tuple[Any, Any]], Any]:
+    """A future and the kazoo watch function that settles it with ``(event, listing)``.
+
+    A waiter's watch on its predecessor: when the predecessor is deleted, the listing of
+    ``parent`` that decides whether the waiter now leads is sent right from kazoo's connection
+    thread, where the event is read, and the loop is woken once, when its answer is back
+    (``listing`` = the children, or the exception). Going through the loop first would cost two
+    thread hops more on every handover: the event to the loop, and the request back to kazoo's
+    thread. ``listing`` is None when no listing was sent: another event type (a data change, a
+    lost connection), or ``slots`` were all taken (many handovers at once: those go through the
+    loop's own capped queue). The listing is sent after the delete was applied (its event came first), on the watch's
+    own client, so it is exactly the read the waiter would otherwise send from the loop.
+    """
+    fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+
+    @_inline
+    def watch(event: Any) -> None:
+        if fut.done():  # the waiter was cancelled: nobody would read the listing
+            return
+        if event.type != EventType.DELETED or not slots.try_acquire():
+            post(loop, fut, (event, None))
+            return
+        try:
+            listing = client.get_children_async(parent)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            slots.release()
+            post(loop, fut, (event, exc))
+            return
+
+        @_inline
+        def listed(result: Any) -> None:
+            slots.release()
+            try:
+                value = result.get(block=False)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                value = exc
+            post(loop, fut, (event, value))
+
+        listing.rawlink(listed)
 
     return fut, watch
 

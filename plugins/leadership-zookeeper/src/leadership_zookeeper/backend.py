@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from typing import Any, ClassVar
 
 from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
@@ -39,7 +39,17 @@ from leadership.errors import (
 )
 from leadership.url import Endpoint, StoreURL, parse_bool, parse_seconds
 
-from ._bridge import PASS_THROUGH, InlineHandler, link, post, translate, watch_future
+from ._bridge import (
+    PASS_THROUGH,
+    InlineHandler,
+    ThreadSlots,
+    drop,
+    link,
+    post,
+    translate,
+    watch_future,
+    watch_then_list,
+)
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperSession"]
 
@@ -88,6 +98,10 @@ EXPIRY_MARGIN = 0.1
 #: order, so a keepalive queued behind thousands of campaigns (many elections starting at once)
 #: would come back too late; the keepalive itself skips this queue.
 MAX_OUTSTANDING = 256
+#: Of which listings sent straight from kazoo's thread when a waiter's predecessor goes
+#: (watch_then_list), at most this many at once; beyond it (a burst of handovers) the waiters
+#: send theirs through the queue above.
+MAX_DIRECT = 64
 
 OPTIONS = {
     "timeout": "seconds to wait for a connection or a reply (default 10)",
@@ -157,12 +171,15 @@ class ZooKeeperSession(Session):
         #: key -> the future of the watch on that entry, armed once while campaigning: it fires
         #: when the entry goes, which is how a leader learns it was replaced (wait_replaced).
         self.entry_watches: dict[str, asyncio.Future[Any]] = {}
+        #: key -> the kazoo watch function that settles that future.
+        self.entry_watch_fns: dict[str, Any] = {}
         #: Keys whose entry may exist without being in ``nodes`` (a create or delete whose reply
         #: never came); any other key not in ``nodes`` certainly has no entry of this session.
         self.uncertain: set[str] = set()
         self.lost_reason: str | None = None
         self.closing = False
         self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
+        self.direct_slots = ThreadSlots(MAX_DIRECT)
         #: Mirrors kazoo's connection state on the loop, so refresh can wait for a reconnect.
         self.connected = asyncio.Event()
         if client.connected:
@@ -218,6 +235,11 @@ class ZooKeeperSession(Session):
         self.nodes.pop(key, None)
         self.tokens.pop(key, None)
         self.entry_watches.pop(key, None)
+        fn = self.entry_watch_fns.pop(key, None)
+        if fn is not None:
+            # The entry is gone or going (withdraw): its watch's event would only wake the loop,
+            # in the middle of the handover, for a future nobody needs any more.
+            drop(fn)
 
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
@@ -439,7 +461,10 @@ class ZooKeeperBackend(Backend):
                 raise SessionLostError(f"ZooKeeper session is gone ({what})")
             raise StoreUnavailableError(f"not connected to ZooKeeper at {self.hosts} ({what}); reconnecting")
         loop = asyncio.get_running_loop()
-        futures = [link(loop, start()) for start in starts]
+        return await self.collect([link(loop, start()) for start in starts], what, session=session)
+
+    async def collect(self, futures: list[asyncio.Future[Any]], what: str, *, session: bool) -> list[Any]:
+        """The replies to requests already sent (see :meth:`pipeline`)."""
         try:
             _, pending = await asyncio.wait(futures, timeout=self.timeout)
             if pending:
@@ -549,6 +574,8 @@ class ZooKeeperBackend(Backend):
         loop = asyncio.get_running_loop()
         parent = self.key_path(key)
         what = f"campaign for {key!r}"
+        #: The listing sent from kazoo's thread when the predecessor went, not used yet.
+        listed: Any = None
         while True:
             own = s.nodes.get(key)
             if own is None and key not in s.uncertain:
@@ -583,12 +610,17 @@ class ZooKeeperBackend(Backend):
             # the listing shows our entry, whose name carries our session id, and a request on an
             # expired session fails. The first time, the same round trip also checks the entry's
             # owner and arms the watch on it that tells the leader when it is replaced.
-            starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
-            armed = s.entry_watches.get(key)
-            if armed is None or key not in s.tokens:
-                armed, on_entry = watch_future(loop)
-                starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
-            replies = await s.pipeline(what, starts)
+            armed, on_entry = s.entry_watches.get(key), None
+            if listed is not None and armed is not None and key in s.tokens:
+                # That read, sent from kazoo's thread as soon as the predecessor went.
+                replies, listed = [listed], None
+                s.check()
+            else:
+                starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
+                if armed is None or key not in s.tokens:
+                    armed, on_entry = watch_future(loop)
+                    starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
+                replies = await s.pipeline(what, starts)
             children = replies[0]
             queue = _contenders([] if isinstance(children, kz.NoNodeError) else children)
             stat = replies[1] if len(replies) > 1 else None
@@ -603,19 +635,22 @@ class ZooKeeperBackend(Backend):
                     s.mark_lost("its entry belongs to another session")
                     raise SessionLostError(f"ZooKeeper session {s.id} no longer owns its entry for {key!r}")
                 s.tokens[key] = stat.czxid
-                s.entry_watches[key] = armed
+                s.entry_watches[key], s.entry_watch_fns[key] = armed, on_entry
             position = queue.index(own)
             if position == 0:
                 s.check()
                 return Term(key, name, s.tokens[key])
             # Wait for the predecessor only: a handover wakes one waiter, however many queue.
             predecessor = f"{parent}/{queue[position - 1]}"
-            deleted, watch = watch_future(loop)
+            deleted, watch = watch_then_list(loop, s.client, parent, s.direct_slots)
             if await s.request(what, functools.partial(s.client.exists_async, predecessor, watch=watch)) is None:
                 continue
-            event = await deleted
+            event, listing = await deleted
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while waiting to lead {key!r}")
+            if isinstance(listing, BaseException) and not isinstance(listing, kz.NoNodeError):
+                listing = None  # read again through the loop, which reports errors properly
+            listed = listing
 
     async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
         # Entries are ordered by sequence and a new one always comes last, so a leader is
@@ -633,7 +668,7 @@ class ZooKeeperBackend(Backend):
                 stat = await s.request(f"watch the entry for {key!r}", exists)
                 if stat is None or stat.czxid != term.token:
                     return
-                s.entry_watches[key] = fut
+                s.entry_watches[key], s.entry_watch_fns[key] = fut, watch
             # Shielded: the watch stays armed for the next call when the core cancels this one.
             event = await asyncio.shield(fut)
             if event.type == EventType.DELETED:
@@ -641,8 +676,38 @@ class ZooKeeperBackend(Backend):
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while watching the entry for {key!r}")
 
-    async def withdraw(self, session: Session, key: str) -> None:
+    def withdraw(self, session: Session, key: str) -> Coroutine[Any, Any, None]:
+        # Not an ``async def``: the delete of a known entry is handed to kazoo in this call, not
+        # when the coroutine first runs, so a resigning leader's delete leaves one loop turn
+        # earlier (the core calls this as soon as it has demoted). The coroutine returned awaits
+        # the reply. At most MAX_DIRECT such deletes at once per session; beyond it, and in
+        # every other case, the request goes out when the coroutine runs, through the queue.
         s = self._own(session)
+        own = s.nodes.get(key)
+        if (
+            own is None
+            or s.closing
+            or s.lost_reason is not None
+            or not s.client.connected
+            or not s.direct_slots.try_acquire()
+        ):
+            return self._withdraw(s, key)
+        try:
+            sent = s.client.delete_async(f"{self.key_path(key)}/{own}")
+        except Exception:  # noqa: BLE001 - kazoo reports errors on the result; the slow path reports this one
+            s.direct_slots.release()
+            return self._withdraw(s, key)
+        s.forget(key)
+        s.uncertain.add(key)  # until the delete is confirmed
+        return self._deleted(s, key, link(asyncio.get_running_loop(), sent, then=s.direct_slots.release))
+
+    async def _deleted(self, s: ZooKeeperSession, key: str, sent: asyncio.Future[Any]) -> None:
+        (result,) = await self.collect([sent], f"withdraw from {key!r}", session=True)
+        if isinstance(result, PASS_THROUGH) and not isinstance(result, kz.NoNodeError):
+            raise result
+        s.uncertain.discard(key)
+
+    async def _withdraw(self, s: ZooKeeperSession, key: str) -> None:
         if s.closing or s.lost_reason is not None:
             return  # its ephemeral entries die with the session
         parent = self.key_path(key)
