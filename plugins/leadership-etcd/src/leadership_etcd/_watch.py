@@ -126,6 +126,14 @@ class _Stream:
             self.broken(self.client.translate(exc, self.member))
         except StoreError as exc:  # authentication
             self.broken(exc)
+        except asyncio.InvalidStateError:
+            # grpc.aio's "RPC already finished": the call ended (the member restarted, the
+            # connection dropped) between the reader's last read and this write. Not a bug: the
+            # reader is about to read the call's status and end the stream with the real reason
+            # (a failover when the member went away); end it here only if the reader is gone.
+            reader = self._reader
+            if reader is None or reader.done():
+                self.broken(StoreUnavailableError(f"etcd {self.member.target}: watch stream ended"))
         except Exception as exc:  # never a silently dead writer: every watch hears of it
             log.exception("etcd watch stream writer to %s failed", self.member.target)
             self.broken(StoreUnavailableError(f"etcd {self.member.target}: watch stream failed: {exc!r}"))
