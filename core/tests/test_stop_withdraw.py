@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import leadership
 import leadership.aio
 from leadership.testing import memory_cluster
 
@@ -22,13 +23,20 @@ async def _gone(store: leadership.aio.Store, key: str, within: float) -> bool:
     return False
 
 
+async def _two_leaders(
+    store: leadership.aio.Store,
+) -> tuple[leadership.aio.Candidate, leadership.aio.Candidate, leadership.Term]:
+    """A leads k/a and B leads k/b, on the store's one shared session; B's term is returned."""
+    a = leadership.aio.Candidate(store, "k/a", "A", ttl=TTL)
+    b = leadership.aio.Candidate(store, "k/b", "B", ttl=TTL)
+    await a.wait_elected(5)
+    return a, b, await b.wait_elected(5)
+
+
 def test_stop_while_the_store_is_marked_unreachable_still_releases_the_key(url: str) -> None:
     async def main() -> None:
         async with await leadership.aio.connect(url) as store:
-            a = leadership.aio.Candidate(store, "k/a", "A", ttl=TTL)
-            b = leadership.aio.Candidate(store, "k/b", "B", ttl=TTL)
-            await a.wait_elected(5)
-            b_term = await b.wait_elected(5)
+            a, b, b_term = await _two_leaders(store)
             store.mark_unhealthy()  # one ping or refresh failed; the next success is still to come
             await a.stop()
             assert await _gone(store, "k/a", 2.0), f"stopped A still leads: {await store.backend.get_leader('k/a')}"
@@ -43,10 +51,7 @@ def test_stop_whose_withdraw_fails_releases_the_key_once_the_store_answers(url: 
 
     async def main() -> None:
         async with await leadership.aio.connect(url) as store:
-            a = leadership.aio.Candidate(store, "k/a", "A", ttl=TTL)
-            b = leadership.aio.Candidate(store, "k/b", "B", ttl=TTL)
-            await a.wait_elected(5)
-            b_term = await b.wait_elected(5)
+            a, b, b_term = await _two_leaders(store)
             cluster.set_available(False)  # before any ping notices: stop()'s withdraw is tried, and fails
             try:
                 await a.stop()
@@ -64,10 +69,7 @@ def test_a_new_candidate_for_the_key_is_not_withdrawn_by_the_old_ones_pending_wi
 
     async def main() -> None:
         async with await leadership.aio.connect(url) as store:
-            a = leadership.aio.Candidate(store, "k/a", "A", ttl=TTL)
-            b = leadership.aio.Candidate(store, "k/b", "B", ttl=TTL)
-            await a.wait_elected(5)
-            await b.wait_elected(5)
+            a, b, _ = await _two_leaders(store)
             cluster.set_available(False)
             await a.stop()
             again = leadership.aio.Candidate(store, "k/a", "A2", ttl=TTL)
@@ -91,10 +93,7 @@ def test_closing_the_store_with_a_withdraw_pending_is_prompt_and_leaves_no_task(
     async def main() -> None:
         store = await leadership.aio.connect(url)
         before = asyncio.all_tasks()
-        a = leadership.aio.Candidate(store, "k/a", "A", ttl=TTL)
-        b = leadership.aio.Candidate(store, "k/b", "B", ttl=TTL)
-        await a.wait_elected(5)
-        await b.wait_elected(5)
+        a, _b, _ = await _two_leaders(store)
         cluster.set_available(False)  # and it stays down: the withdraw is retried until close
         await a.stop()
         await asyncio.sleep(0.2)
