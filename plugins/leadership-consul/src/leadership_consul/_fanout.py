@@ -31,12 +31,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from leadership.errors import StoreUnavailableError
+from leadership.retry import RetryPolicy
 
 __all__ = ["FANOUT_AT", "RECHECK", "Poller", "Polls", "Raw"]
 
@@ -59,7 +59,9 @@ RECHECK: Any = _Recheck()
 
 #: Keys waited on under one parent before they share the parent's poll (see :class:`Polls`).
 FANOUT_AT = 8
-_MAX_BACKOFF = 2.0
+#: The pause between failed polls while waits keep coming: the core's own backoff, capped lower
+#: (the waits themselves are retried by the core with theirs).
+_BACKOFF = RetryPolicy(maximum=2.0)
 #: A poll whose answer took longer than this to digest pauses as long before its next read.
 _PACE_FROM = 0.005
 _MAX_PAUSE = 0.1
@@ -177,8 +179,7 @@ class Poller:
                         continue  # e.g. the agent closed an idle connection: try again at once
                     for waiter in self._all():
                         self._wake(waiter, exc)
-                    delay = min(_MAX_BACKOFF, 0.05 * 2 ** min(failures, 8))
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    await asyncio.sleep(_BACKOFF.delay(failures + 1))
                     continue
                 failures = 0
                 started = time.perf_counter()
