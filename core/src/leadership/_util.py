@@ -121,8 +121,8 @@ class Stream(Generic[_T]):
     @contextlib.contextmanager
     def notify_later(self) -> Iterator[None]:
         """Within the block, items are queued at once but the consumer in another thread is
-        woken on the loop's next turn, after the work already scheduled for it: waking a thread
-        of this process makes it compete for the GIL with whatever the loop does next."""
+        woken only when the block ends (after the store request the block sends is on its way):
+        a woken thread of this process competes for the GIL with whatever runs next."""
         notify, self._notify = self._notify, None
         try:
             yield
@@ -130,7 +130,7 @@ class Stream(Generic[_T]):
             if self._notify is None:
                 self._notify = notify
             if notify is not None:
-                asyncio.get_running_loop().call_soon(notify)
+                notify()
 
     def detach(self) -> None:
         """The attached consumer is done (call on the loop)."""

@@ -92,9 +92,10 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import ClassVar
 
+from ._loop import call_from_thread, wakes_loop_later
 from .url import StoreURL
 
-__all__ = ["Backend", "BackendFactory", "Session", "Term"]
+__all__ = ["Backend", "BackendFactory", "Session", "Term", "call_from_thread", "wakes_loop_later"]
 
 
 @dataclasses.dataclass(frozen=True)

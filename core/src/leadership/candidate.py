@@ -548,8 +548,9 @@ class Candidate:
     def resign(self) -> None:
         """Give up leadership now and keep campaigning. Does nothing when not leading. Returns
         once the stream has reported False."""
-        # A plain call on the loop, not a coroutine: no task to create and schedule first; and
-        # this thread is woken after the store request is on its way.
+        # A plain call on the loop, not a coroutine: no task to create and schedule first. On
+        # an idle loop it runs right here, with the loop held (LoopThread.call); else this
+        # thread is woken after the store request is on its way.
         self.store._call(self.aio._begin_resign, answer_later=True)
 
     def stop(self) -> None:
