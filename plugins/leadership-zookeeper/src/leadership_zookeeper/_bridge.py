@@ -22,6 +22,7 @@ from kazoo import exceptions as kz  # type: ignore[import-untyped,unused-ignore]
 from kazoo.handlers.threading import SequentialThreadingHandler  # type: ignore[import-untyped,unused-ignore]
 from kazoo.protocol.states import EventType  # type: ignore[import-untyped,unused-ignore]
 
+from leadership.backend import call_from_thread
 from leadership.errors import (
     AuthenticationError,
     PermanentStoreError,
@@ -119,9 +120,10 @@ def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> 
 def post(
     loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None
 ) -> None:
-    """Settle ``fut`` from any thread, unless it is done by then."""
+    """Settle ``fut`` from any thread, unless it is done by then. (On the sync API's loop,
+    when it is idle, the awaiting coroutine runs on in this thread: see ``call_from_thread``.)"""
     try:
-        loop.call_soon_threadsafe(_settle, fut, value, exc)
+        call_from_thread(loop, _settle, fut, value, exc)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         pass
 

@@ -29,7 +29,7 @@ from kazoo.protocol.states import EventType, KazooState, KeeperState  # type: ig
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped,unused-ignore]
 from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped,unused-ignore]
 
-from leadership.backend import Backend, Session, Term
+from leadership.backend import Backend, Session, Term, wakes_loop_later
 from leadership.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -699,7 +699,11 @@ class ZooKeeperBackend(Backend):
             return self._withdraw(s, key)
         s.forget(key)
         s.uncertain.add(key)  # until the delete is confirmed
-        return self._deleted(s, key, link(asyncio.get_running_loop(), sent, then=s.direct_slots.release))
+        loop = asyncio.get_running_loop()
+        # kazoo completes every request (reply, lost connection, closed client) and link()
+        # brings that to the loop: work left by a resign() run on the idle loop may wait for it.
+        wakes_loop_later(loop)
+        return self._deleted(s, key, link(loop, sent, then=s.direct_slots.release))
 
     async def _deleted(self, s: ZooKeeperSession, key: str, sent: asyncio.Future[Any]) -> None:
         (result,) = await self.collect([sent], f"withdraw from {key!r}", session=True)
