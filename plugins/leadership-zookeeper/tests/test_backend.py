@@ -65,10 +65,13 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = WAIT)
 
 
 async def queue(backend: ZooKeeperBackend, session: ZooKeeperSession, key: str, name: str) -> asyncio.Task[Term]:
-    """Start a campaign and return once its entry is in the queue (creation order = FIFO order)."""
+    """Start a campaign and return once its entry is in the queue (creation order = FIFO order)
+    and the session has read the create's reply (the server may show the entry first)."""
     task = asyncio.create_task(backend.campaign(session, key, name))
 
     async def queued() -> bool:
+        if session.nodes.get(key) is None:
+            return False
         return any(e.startswith(session.prefix) for e in await entries(backend, key))
 
     await until(queued)
