@@ -176,7 +176,11 @@ def install_process_marks(kind: str) -> None:
         op = type(request).__name__
         if op != "Ping":
             _mark(f"{op} written to the socket")
-        return submit(self, request, timeout, xid)
+        try:
+            return submit(self, request, timeout, xid)
+        finally:
+            if op != "Ping" and os.environ.get("BENCH_TRACE") == "2":
+                _mark(f"{op} sent (socket.send returned)")
 
     def _read_response(self: Any, header: Any, buffer: Any, offset: Any) -> Any:
         pending = self.client._pending
@@ -258,7 +262,18 @@ def install_process_marks(kind: str) -> None:
             _mark("backend: withdraw called")
             return withdraw(self, *a, **k)
 
+        hold = _loop.LoopThread._hold
+
+        def traced_hold(self: Any) -> bool:
+            held = hold(self)
+            _mark(f"caller: loop {'held' if held else 'busy'}")
+            return held
+
+        _loop.LoopThread._hold = traced_hold  # type: ignore[method-assign]
+
         def traced_call(self: Any, fn: Any, **k: Any) -> Any:
+            _mark("caller: sync call made")
+
             def traced_fn() -> Any:
                 _mark("loop runs the sync call")
                 return fn()
