@@ -19,7 +19,7 @@ from .errors import UsageError
 _T = TypeVar("_T")
 
 
-#: Turns of the loop a thread may run after its callback (see call_from_thread): enough for a
+#: Turns of the loop a thread may run after its callback (see _run_held): enough for a
 #: reply to reach the election and its stream, bounded so that a client's thread is soon back
 #: to its own I/O.
 _DRAIN_TURNS = 8
@@ -164,7 +164,6 @@ class LoopThread:
         #: Held by the loop's thread except while it waits for I/O (see _HeldSelector).
         self._held = threading.Lock()
         self.loop, self._selector = _new_loop(self._held)
-        self._borrowable = self._selector is not None
         if isinstance(self.loop, _Loop):
             self.loop.runner = self
         #: Set in a thread while it runs a callback for the idle loop (see call()).
@@ -234,7 +233,7 @@ class LoopThread:
         if self._on_loop():
             raise _on_loop()
         if self._hold():
-            return self._run_held(fn, drain=_DRAIN_TURNS)
+            return self._run_held(fn)
         fut: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
         def run() -> None:
@@ -256,24 +255,23 @@ class LoopThread:
     def _hold(self) -> bool:
         """Take the loop if it is idle and may be held by another thread (see call()); the
         caller then runs its work through _run_held, which lets the loop go."""
-        if self._borrowable and not self._on_loop() and self._held.acquire(blocking=False):
+        if self._selector is not None and not self._on_loop() and self._held.acquire(blocking=False):
             if self.loop.is_running() and not self.abandoned and not self.loop.get_debug():
                 return True
             self._held.release()
         return False
 
-    def _run_held(self, fn: Callable[[], _T], drain: int = 0) -> _T:
+    def _run_held(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` in this thread as a callback of the loop, which this thread holds (see
-        _hold), then up to ``drain`` turns of what it made ready (none if ``fn`` sent a request
-        that will wake the loop: see wakes_loop_later); then let the loop go, and wake its
-        thread if something is left for it that cannot wait."""
-        loop = self.loop
-        assert isinstance(loop, _Loop)
+        _hold), then a few turns of what it made ready (none if ``fn`` sent a request that will
+        wake the loop: see wakes_loop_later); then let the loop go, and wake its thread if
+        something is left for it that cannot wait."""
+        loop, selector = self.loop, self._selector
+        assert isinstance(loop, _Loop) and selector is not None
         deadline = loop.next_deadline()
         local = self._local
         local.borrowing, local.woken_later = True, False
-        assert self._selector is not None
-        self._selector.borrowed += 1
+        selector.borrowed += 1
         # asyncio.get_running_loop() inside fn. (This thread may run a loop of its own, blocked
         # in one of its callbacks on this call: that one is restored.)
         own = asyncio._get_running_loop()
@@ -281,7 +279,7 @@ class LoopThread:
         try:
             result = fn()
             if not local.woken_later:
-                loop.drain_held(drain)
+                loop.drain_held(_DRAIN_TURNS)
             return result
         finally:
             asyncio._set_running_loop(own)
@@ -295,7 +293,7 @@ class LoopThread:
         """:func:`call_from_thread` on this loop: False if the loop is busy (not run here)."""
         if not self._hold():
             return False
-        self._run_held(functools.partial(callback, *args), drain=_DRAIN_TURNS)
+        self._run_held(functools.partial(callback, *args))
         return True
 
     def iterate(self, open_stream: Callable[[], Stream[_T]]) -> Iterator[_T]:
