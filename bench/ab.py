@@ -74,8 +74,7 @@ def main() -> None:
     print(f"\n{args.store}: {args.rounds} handovers each, side by side (load average {load[0]:.1f}-{load[-1]:.1f})")
     print("| contender | p50 | p90 |\n|---|---|---|")
     for name, values in samples.items():
-        ordered = sorted(values)
-        print(f"| {name} | {statistics.median(values):.2f} ms | {ordered[int(0.9 * len(ordered))]:.2f} ms |")
+        print(f"| {name} | {statistics.median(values):.2f} ms | {handover.pct(values, 0.9):.2f} ms |")
     print("\n| pair | median paired difference | p50 ratio |\n|---|---|---|")
     named = list(trees)
     compared = [(name, peer) for name in named] + [(b, a) for i, a in enumerate(named) for b in named[i + 1 :]]
