@@ -33,9 +33,11 @@ from leadership.errors import (
 
 __all__ = [
     "PASS_THROUGH",
+    "PROVEN",
     "InlineHandler",
     "ThreadSlots",
     "drop",
+    "fired",
     "link",
     "post",
     "translate",
@@ -45,6 +47,7 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _INLINE = "_leadership_inline"
+_FIRED = "_leadership_fired"
 
 
 def _inline(fn: _F) -> _F:
@@ -168,6 +171,9 @@ def watch_future(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], 
 
     @_inline
     def watch(event: Any) -> None:
+        # Read on kazoo's thread by a waiter's proof (see watch_then_list): set before anything
+        # else, so that the events that come after this one on the connection see it.
+        setattr(watch, _FIRED, True)
         # Settled or cancelled on the loop already, or dropped: nobody is waiting.
         if not fut.done() and not getattr(watch, "dropped", False):
             post(loop, fut, event, None)
@@ -195,8 +201,26 @@ class ThreadSlots:
             self._used -= 1
 
 
+class _Proven:
+    def __repr__(self) -> str:
+        return "PROVEN"
+
+
+#: The ``listing`` of :func:`watch_then_list` when the deletion event itself was the proof.
+PROVEN: Any = _Proven()
+
+
+def fired(watch: Any) -> bool:
+    """Whether a watch function of :func:`watch_future` has been called (read on kazoo's thread)."""
+    return bool(getattr(watch, _FIRED, False))
+
+
 def watch_then_list(
-    loop: asyncio.AbstractEventLoop, client: Any, parent: str, slots: ThreadSlots
+    loop: asyncio.AbstractEventLoop,
+    client: Any,
+    parent: str,
+    slots: ThreadSlots,
+    proven: Callable[[], bool] | None = None,
 ) -> tuple[asyncio.Future[tuple[Any, Any]], Any]:
     """A future and the kazoo watch function that settles it with ``(event, listing)``.
 
@@ -209,12 +233,19 @@ def watch_then_list(
     lost connection), or ``slots`` were all taken (many handovers at once: those go through the
     loop's own capped queue). The listing is sent after the delete was applied (its event came first), on the watch's
     own client, so it is exactly the read the waiter would otherwise send from the loop.
+
+    ``proven()``, called on kazoo's thread when the deletion event is read: True when that event
+    alone proves that the waiter now leads (see ``ZooKeeperBackend.campaign``); then no listing is
+    sent and ``listing`` is :data:`PROVEN`.
     """
     fut: asyncio.Future[tuple[Any, Any]] = loop.create_future()
 
     @_inline
     def watch(event: Any) -> None:
         if fut.done():  # the waiter was cancelled: nobody would read the listing
+            return
+        if event.type == EventType.DELETED and proven is not None and proven():
+            post(loop, fut, (event, PROVEN))
             return
         if event.type != EventType.DELETED or not slots.try_acquire():
             post(loop, fut, (event, None))
