@@ -112,6 +112,97 @@ def test_fifo_order_tokens_and_withdraw_handover(zk_url: str) -> None:
     run(main())
 
 
+def listings(session: ZooKeeperSession) -> list[str]:
+    """Count the listings ``session``'s client sends from now on (each still goes to the server)."""
+    sent: list[str] = []
+    real = session.client.get_children_async
+
+    def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(path)
+        return real(path, *args, **kwargs)
+
+    session.client.get_children_async = counted
+    return sent
+
+
+def test_second_in_line_wins_on_the_deletion_event_alone(zk_url: str) -> None:
+    """The first entry's deletion, read on the waiter's own connection with its own entry's
+    watch silent, proves the win: no read after it. Third in line, a read decides."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
+            await backend.campaign(s1, "proof", "one")
+            t2 = await queue(backend, s2, "proof", "two")
+            t3 = await queue(backend, s3, "proof", "three")
+            sent2, sent3 = listings(s2), listings(s3)
+            await backend.withdraw(s1, "proof")
+            assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
+            assert sent2 == [], "second in line: the deletion event was the proof"
+            assert await backend.get_leader("proof") == Term("proof", "two", s2.tokens["proof"])
+            await backend.withdraw(s2, "proof")
+            assert (await asyncio.wait_for(t3, WAIT)).leader == "three"
+            # Queued third, its watch was on the second: that deletion proved nothing alone.
+            assert len(sent3) == 1
+
+    run(main())
+
+
+def test_own_entry_deleted_while_second_in_line_is_not_a_win(zk_url: str) -> None:
+    """Safety: the waiter's entry removed behind its back (an operator, a bug) before the first
+    entry goes. Its own entry's watch fired first on its connection, so the deletion proves
+    nothing: the read finds the entry gone and the next waiter, now second, wins alone."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
+            await backend.campaign(s1, "behind", "one")
+            t2 = await queue(backend, s2, "behind", "two")
+            t3 = await queue(backend, s3, "behind", "three")
+            reader = backend._reader_client()
+            path = f"{backend.key_path('behind')}/{s2.nodes['behind']}"
+            await backend.request(reader, "test", lambda: reader.delete_async(path), session=False)
+            await until(lambda: _true(s2.entry_watches["behind"].done()))
+            await backend.withdraw(s1, "behind")
+            assert (await asyncio.wait_for(t3, WAIT)).leader == "three"
+            await asyncio.sleep(0.3)
+            assert not t2.done(), "a waiter whose entry was deleted must not win"
+            queue_now = await entries(backend, "behind")
+            assert queue_now[0].startswith(s3.prefix) and queue_now[1].startswith(s2.prefix), "queued again, last"
+            t2.cancel()
+            await asyncio.gather(t2, return_exceptions=True)
+
+    run(main())
+
+
+def test_second_in_line_after_a_reconnect(zk_url: str) -> None:
+    """A dropped connection ends the wait (kazoo reports it on the watch, and the server may
+    replay what it owes in any order): no deletion event from before the reconnect counts. The
+    campaign issued again, as the core does, sets its watch on the new connection and wins."""
+
+    async def main() -> None:
+        async with opened(zk_url) as backend:
+            s1, s2 = await backend.create_session(TTL), await backend.create_session(TTL)
+            await backend.campaign(s1, "again", "one")
+            t2 = await queue(backend, s2, "again", "two")
+            await asyncio.sleep(0.1)  # the watch on the first entry is set
+            changes = s2.state_changes
+            s2.client._call(_CONNECTION_DROP, s2.client.handler.async_result())
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(t2, WAIT)
+            await until(lambda: _done(s2.client.connected))
+            assert s2.state_changes >= changes + 2  # down, then up again
+            t2 = asyncio.create_task(backend.campaign(s2, "again", "two"))
+            await asyncio.sleep(0.2)
+            assert not t2.done()
+            sent = listings(s2)
+            await backend.withdraw(s1, "again")
+            assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
+            assert sent == []
+
+    run(main())
+
+
 def test_campaign_is_idempotent_per_session_and_key(zk_url: str) -> None:
     async def main() -> None:
         async with opened(zk_url) as backend:

@@ -618,13 +618,16 @@ class ZooKeeperBackend(Backend):
             # expired session fails. The first time, the same round trip also checks the entry's
             # owner and arms the watch on it that tells the leader when it is replaced.
             armed, on_entry = s.entry_watches.get(key), None
-            if listed is not None and armed is not None and key in s.tokens:
+            # Armed and silent; once it fired (the entry changed or went, or the connection
+            # dropped: kazoo tells every watch) it is set again, with the same read.
+            silent = armed is not None and not armed.done() and key in s.tokens
+            if listed is not None and silent:
                 # That read, sent from kazoo's thread as soon as the predecessor went.
                 replies, listed = [listed], None
                 s.check()
             else:
                 starts: list[Callable[[], Any]] = [functools.partial(s.client.get_children_async, parent)]
-                if armed is None or key not in s.tokens:
+                if not silent:
                     armed, on_entry = watch_future(loop)
                     starts.append(functools.partial(s.client.exists_async, f"{parent}/{own}", watch=on_entry))
                 replies = await s.pipeline(what, starts)
