@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import leadership
-from leadership._loop import LoopThread
+from leadership._loop import LoopThread, held_here
 from leadership.backend import call_from_thread, wakes_loop_later
 from leadership.errors import UsageError
 
@@ -134,6 +134,24 @@ def test_a_reply_runs_the_awaiting_coroutine_in_the_client_thread_when_the_loop_
     t.join()
     task.result(2)
     assert resumed == client_ident  # no hop through the loop's thread
+
+
+def test_held_here_only_in_the_thread_holding_the_loop(runner: LoopThread) -> None:
+    """The core skips its watch delay on a held turn (a timer would wake the loop's thread):
+    held_here must say so only there."""
+    _settle_idle(runner)
+    assert runner.call(lambda: held_here(runner.loop)) is True
+    assert held_here(runner.loop) is False  # after the call, in the same thread
+    assert runner.run(_held_here_on_the_loop()) is False  # the loop's own thread
+    other = asyncio.new_event_loop()
+    try:
+        assert held_here(other) is False
+    finally:
+        other.close()
+
+
+async def _held_here_on_the_loop() -> bool:
+    return held_here(asyncio.get_running_loop())
 
 
 def test_a_busy_loop_gets_the_call_in_its_own_thread(runner: LoopThread) -> None:

@@ -145,6 +145,13 @@ def call_from_thread(loop: asyncio.AbstractEventLoop, callback: Callable[..., ob
         loop.call_soon_threadsafe(callback, *args)
 
 
+def held_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop``'s callbacks while the loop's own thread is
+    parked (see ``LoopThread.call`` and :func:`call_from_thread`)."""
+    runner = _runner_of(loop)
+    return runner is not None and bool(getattr(runner._local, "borrowing", False))
+
+
 def wakes_loop_later(loop: asyncio.AbstractEventLoop) -> None:
     """Say, from a backend call, that it sent a request whose completion will reach ``loop``
     through :func:`call_from_thread` (or ``call_soon_threadsafe``), always: reply, error or
@@ -152,8 +159,9 @@ def wakes_loop_later(loop: asyncio.AbstractEventLoop) -> None:
     ``LoopThread.call``), the work it leaves on the loop may then wait for that completion,
     instead of waking the loop's thread at once, where it would compete for the GIL with the
     client's thread that is sending the request. Elsewhere it does nothing."""
-    runner = _runner_of(loop)
-    if runner is not None and getattr(runner._local, "borrowing", False):
+    if held_here(loop):
+        runner = _runner_of(loop)
+        assert runner is not None
         runner._local.woken_later = True
 
 

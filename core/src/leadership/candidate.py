@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+from ._loop import held_here
 from ._session import Generation, SharedSession
 from ._util import (
     Backoff,
@@ -405,8 +406,12 @@ class AsyncCandidate:
         ``successor`` (and return) once it shows another leader."""
         # First let the elected event reach the user (the sync API's thread needs the GIL): setting
         # up the watch costs CPU that would otherwise delay it. Nothing is missed meanwhile: the
-        # watch starts from the term itself (its token, or the state read first).
-        await asyncio.sleep(WATCH_DELAY)
+        # watch starts from the term itself (its token, or the state read first). Not when the
+        # win came in a client thread that holds the idle loop: a timer would wake the loop's
+        # own thread at once, to compete for the GIL with that very user thread, and the thread
+        # here is about to let go anyway (see LoopThread._run_held).
+        if not held_here(asyncio.get_running_loop()):
+            await asyncio.sleep(WATCH_DELAY)
         if type(self.store.backend).wait_replaced is not Backend.wait_replaced:
             # The backend watches our own entry: no reads on the handover path. It cannot tell
             # the successor apart, so this returns (ending a resign's grace) once the entry is gone.

@@ -645,6 +645,7 @@ class ZooKeeperBackend(Backend):
                     s.mark_lost("its entry belongs to another session")
                     raise SessionLostError(f"ZooKeeper session {s.id} no longer owns its entry for {key!r}")
                 s.tokens[key] = stat.czxid
+                assert armed is not None  # armed with this read
                 s.entry_watches[key], s.entry_watch_fns[key] = armed, on_entry
             position = queue.index(own)
             if position == 0:
@@ -662,7 +663,7 @@ class ZooKeeperBackend(Backend):
             if listing is PROVEN:
                 # The first entry was deleted and ours came next: no read needed (see _proof).
                 # Checked again here, on the loop: any doubt, and the listing is read after all.
-                assert proven is not None
+                assert proven is not None and armed is not None
                 if proven() and s.entry_watches.get(key) is armed and not armed.done() and s.nodes.get(key) == own:
                     s.check()
                     return Term(key, name, s.tokens[key])
