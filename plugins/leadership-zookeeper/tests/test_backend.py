@@ -135,7 +135,8 @@ def test_second_in_line_wins_on_the_deletion_event_alone(zk_url: str) -> None:
             await backend.campaign(s1, "proof", "one")
             t2 = await queue(backend, s2, "proof", "two")
             t3 = await queue(backend, s3, "proof", "three")
-            sent2, sent3 = listings(s2), listings(s3)
+            await until(lambda: _done("proof" in s2.entry_watches and "proof" in s3.entry_watches))
+            sent2, sent3 = listings(s2), listings(s3)  # after each campaign's first read
             await backend.withdraw(s1, "proof")
             assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
             assert sent2 == [], "second in line: the deletion event was the proof"
@@ -192,10 +193,12 @@ def test_second_in_line_after_a_reconnect(zk_url: str) -> None:
                 await asyncio.wait_for(t2, WAIT)
             await until(lambda: _done(s2.client.connected))
             assert s2.state_changes >= changes + 2  # down, then up again
+            fired = s2.entry_watches["again"]
+            assert fired.done()  # the drop fired it too: the campaign arms it again
             t2 = asyncio.create_task(backend.campaign(s2, "again", "two"))
-            await asyncio.sleep(0.2)
+            await until(lambda: _done(s2.entry_watches["again"] is not fired))
             assert not t2.done()
-            sent = listings(s2)
+            sent = listings(s2)  # after the campaign's first read
             await backend.withdraw(s1, "again")
             assert (await asyncio.wait_for(t2, WAIT)).leader == "two"
             assert sent == []
