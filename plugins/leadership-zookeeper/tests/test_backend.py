@@ -78,6 +78,18 @@ async def queue(backend: ZooKeeperBackend, session: ZooKeeperSession, key: str, 
     return task
 
 
+async def leader_and_two_waiters(
+    backend: ZooKeeperBackend, key: str
+) -> tuple[list[ZooKeeperSession], Term, asyncio.Task[Term], asyncio.Task[Term]]:
+    """Three sessions: the first leads ``key`` as "one", the others queue behind as "two" and
+    "three" (in that order); returns the sessions, the leader's term and the waiters' tasks."""
+    sessions = [await backend.create_session(TTL) for _ in range(3)]
+    first = await backend.campaign(sessions[0], key, "one")
+    t2 = await queue(backend, sessions[1], key, "two")
+    t3 = await queue(backend, sessions[2], key, "three")
+    return sessions, first, t2, t3
+
+
 def expire(backend: ZooKeeperBackend, session: ZooKeeperSession) -> None:
     """Expire ``session`` on the server: take it over with its id and password, then close it."""
     thief = KazooClient(hosts=backend.hosts, client_id=session.client.client_id, timeout=session.negotiated)
@@ -92,11 +104,8 @@ def expire(backend: ZooKeeperBackend, session: ZooKeeperSession) -> None:
 def test_fifo_order_tokens_and_withdraw_handover(zk_url: str) -> None:
     async def main() -> None:
         async with opened(zk_url) as backend:
-            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
-            first = await backend.campaign(s1, "fifo", "one")
+            (s1, s2, _), first, t2, t3 = await leader_and_two_waiters(backend, "fifo")
             assert first.leader == "one" and first.key == "fifo"
-            t2 = await queue(backend, s2, "fifo", "two")
-            t3 = await queue(backend, s3, "fifo", "three")
             await asyncio.sleep(0.2)
             assert not t2.done() and not t3.done(), "waiters wait while the leader holds the key"
             await backend.withdraw(s1, "fifo")
@@ -131,10 +140,7 @@ def test_second_in_line_wins_on_the_deletion_event_alone(zk_url: str) -> None:
 
     async def main() -> None:
         async with opened(zk_url) as backend:
-            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
-            await backend.campaign(s1, "proof", "one")
-            t2 = await queue(backend, s2, "proof", "two")
-            t3 = await queue(backend, s3, "proof", "three")
+            (s1, s2, s3), _, t2, t3 = await leader_and_two_waiters(backend, "proof")
             await until(lambda: _done("proof" in s2.entry_watches and "proof" in s3.entry_watches))
             sent2, sent3 = listings(s2), listings(s3)  # after each campaign's first read
             await backend.withdraw(s1, "proof")
@@ -156,14 +162,11 @@ def test_own_entry_deleted_while_second_in_line_is_not_a_win(zk_url: str) -> Non
 
     async def main() -> None:
         async with opened(zk_url) as backend:
-            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
-            await backend.campaign(s1, "behind", "one")
-            t2 = await queue(backend, s2, "behind", "two")
-            t3 = await queue(backend, s3, "behind", "three")
+            (s1, s2, s3), _, t2, t3 = await leader_and_two_waiters(backend, "behind")
             reader = backend._reader_client()
             path = f"{backend.key_path('behind')}/{s2.nodes['behind']}"
             await backend.request(reader, "test", lambda: reader.delete_async(path), session=False)
-            await until(lambda: _true(s2.entry_watches["behind"].done()))
+            await until(lambda: _done(s2.entry_watches["behind"].done()))
             await backend.withdraw(s1, "behind")
             assert (await asyncio.wait_for(t3, WAIT)).leader == "three"
             await asyncio.sleep(0.3)
@@ -232,10 +235,7 @@ def test_campaign_is_idempotent_per_session_and_key(zk_url: str) -> None:
 def test_withdraw_of_a_waiting_entry_skips_it(zk_url: str) -> None:
     async def main() -> None:
         async with opened(zk_url) as backend:
-            s1, s2, s3 = [await backend.create_session(TTL) for _ in range(3)]
-            await backend.campaign(s1, "skip", "one")
-            t2 = await queue(backend, s2, "skip", "two")
-            t3 = await queue(backend, s3, "skip", "three")
+            (s1, s2, s3), _, t2, t3 = await leader_and_two_waiters(backend, "skip")
             t2.cancel()
             await asyncio.gather(t2, return_exceptions=True)
             await backend.withdraw(s2, "skip")
@@ -335,7 +335,7 @@ def test_a_session_lost_as_it_is_opened_is_a_transient_error(zk_url: str) -> Non
                     thief.close()
 
                 await asyncio.get_running_loop().run_in_executor(None, take_over_and_close)
-                await until(lambda: _true(client.client_id is None), WAIT + TTL)  # kazoo saw the loss
+                await until(lambda: _done(client.client_id is None), WAIT + TTL)  # kazoo saw the loss
                 return client, handshake
 
             backend._connect = connect_then_lose  # type: ignore[method-assign]
@@ -355,10 +355,6 @@ def test_a_session_lost_as_it_is_opened_is_a_transient_error(zk_url: str) -> Non
             await session.close()
 
     run(main())
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_waiting_campaign_on_expired_session_never_wins(zk_url: str) -> None:
