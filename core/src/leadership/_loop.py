@@ -145,11 +145,16 @@ def call_from_thread(loop: asyncio.AbstractEventLoop, callback: Callable[..., ob
         loop.call_soon_threadsafe(callback, *args)
 
 
-def held_here(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether this thread is running ``loop``'s callbacks while the loop's own thread is
-    parked (see ``LoopThread.call`` and :func:`call_from_thread`)."""
+def _held_by_this_thread(loop: asyncio.AbstractEventLoop) -> LoopThread | None:
+    """``loop``'s runner if this thread is running the loop's callbacks while the loop's own
+    thread is parked (see ``LoopThread.call`` and :func:`call_from_thread`), else None."""
     runner = _runner_of(loop)
-    return runner is not None and bool(getattr(runner._local, "borrowing", False))
+    return runner if runner is not None and getattr(runner._local, "borrowing", False) else None
+
+
+def held_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop``'s callbacks while the loop's own thread is parked."""
+    return _held_by_this_thread(loop) is not None
 
 
 def wakes_loop_later(loop: asyncio.AbstractEventLoop) -> None:
@@ -159,9 +164,8 @@ def wakes_loop_later(loop: asyncio.AbstractEventLoop) -> None:
     ``LoopThread.call``), the work it leaves on the loop may then wait for that completion,
     instead of waking the loop's thread at once, where it would compete for the GIL with the
     client's thread that is sending the request. Elsewhere it does nothing."""
-    if held_here(loop):
-        runner = _runner_of(loop)
-        assert runner is not None
+    runner = _held_by_this_thread(loop)
+    if runner is not None:
         runner._local.woken_later = True
 
 

@@ -188,7 +188,7 @@ class ZooKeeperSession(Session):
             self.connected.set()
         #: Bumped on kazoo's connection thread at every change of connection state, before any
         #: event read on a new connection: unchanged means one connection all along, whose
-        #: events come in the order of the changes (see campaign).
+        #: events come in the order of the changes (see proof).
         self.state_changes = 0
         client.add_listener(self._on_state)
 
@@ -247,6 +247,36 @@ class ZooKeeperSession(Session):
             # The entry is gone or going (withdraw): its watch's event would only wake the loop,
             # in the middle of the handover, for a future nobody needs any more.
             drop(fn)
+
+    def proof(self, key: str, armed: asyncio.Future[Any] | None) -> Callable[[], bool] | None:
+        """When our entry is second in line, whether the first one's deletion event, as it is
+        read off the connection, proves by itself that we now lead, so that the read which would
+        otherwise confirm it can be skipped (one round trip less on every handover).
+
+        It does when all of this holds: (1) the listing that put us second was read after our
+        entry was created, and sequence numbers only grow, so nothing can queue ahead of us
+        since; (2) the event came to our own session: the server sends a session's watch events
+        only while that session lives, and in the order of its transactions, so our session was
+        alive when the deletion was applied; (3) the watch on our own entry, set before, has not
+        fired: had our entry been deleted or changed before that deletion, its event would have
+        been read first on the same connection (a reconnect re-registers that watch before the
+        watch on the first entry is sent, so whatever it owes also comes first); (4) the
+        connection was the same from the watch on the first entry to its event (no change of
+        state): after a reconnect the server replays the events it owes in no particular order,
+        so the read decides. Otherwise, or when our entry's watch is not known, None: the
+        listing is read as usual. The fencing token is our entry's czxid, known since it was
+        created; the core still checks the session's deadline before it reports the win.
+        """
+        fn = self.entry_watch_fns.get(key)
+        if armed is None or fn is None or self.entry_watches.get(key) is not armed or armed.done():
+            return None
+        changes = self.state_changes
+
+        def proven() -> bool:
+            # Plain attribute reads: called on kazoo's connection thread, and again on the loop.
+            return self.state_changes == changes and not fired(fn) and self.client._session_id == self.session_id
+
+        return proven
 
     def check(self) -> None:
         """Raise SessionLostError unless the session may still be alive."""
@@ -653,7 +683,7 @@ class ZooKeeperBackend(Backend):
                 return Term(key, name, s.tokens[key])
             # Wait for the predecessor only: a handover wakes one waiter, however many queue.
             predecessor = f"{parent}/{queue[position - 1]}"
-            proven = self._proof(s, key, armed) if position == 1 else None
+            proven = s.proof(key, armed) if position == 1 else None
             deleted, watch = watch_then_list(loop, s.client, parent, s.direct_slots, proven)
             if await s.request(what, functools.partial(s.client.exists_async, predecessor, watch=watch)) is None:
                 continue
@@ -661,7 +691,7 @@ class ZooKeeperBackend(Backend):
             if event.type == EventType.NONE:
                 raise StoreUnavailableError(f"connection to ZooKeeper lost while waiting to lead {key!r}")
             if listing is PROVEN:
-                # The first entry was deleted and ours came next: no read needed (see _proof).
+                # The first entry was deleted and ours came next: no read needed (see ZooKeeperSession.proof).
                 # Checked again here, on the loop: any doubt, and the listing is read after all.
                 assert proven is not None and armed is not None
                 if proven() and s.entry_watches.get(key) is armed and not armed.done() and s.nodes.get(key) == own:
@@ -671,37 +701,6 @@ class ZooKeeperBackend(Backend):
             if isinstance(listing, BaseException) and not isinstance(listing, kz.NoNodeError):
                 listing = None  # read again through the loop, which reports errors properly
             listed = listing
-
-    @staticmethod
-    def _proof(s: ZooKeeperSession, key: str, armed: asyncio.Future[Any] | None) -> Callable[[], bool] | None:
-        """When our entry is second in line, whether the first one's deletion event, as it is
-        read off the connection, proves by itself that we now lead, so that the read which would
-        otherwise confirm it can be skipped (one round trip less on every handover).
-
-        It does when all of this holds: (1) the listing that put us second was read after our
-        entry was created, and sequence numbers only grow, so nothing can queue ahead of us
-        since; (2) the event came to our own session: the server sends a session's watch events
-        only while that session lives, and in the order of its transactions, so our session was
-        alive when the deletion was applied; (3) the watch on our own entry, set before, has not
-        fired: had our entry been deleted or changed before that deletion, its event would have
-        been read first on the same connection (a reconnect re-registers that watch before the
-        watch on the first entry is sent, so whatever it owes also comes first); (4) the
-        connection was the same from the watch on the first entry to its event (no change of
-        state): after a reconnect the server replays the events it owes in no particular order,
-        so the read decides. Otherwise, or when our entry's watch is not known, None: the
-        listing is read as usual. The fencing token is our entry's czxid, known since it was
-        created; the core still checks the session's deadline before it reports the win.
-        """
-        fn = s.entry_watch_fns.get(key)
-        if armed is None or fn is None or s.entry_watches.get(key) is not armed or armed.done():
-            return None
-        changes = s.state_changes
-
-        def proven() -> bool:
-            # Plain attribute reads: called on kazoo's connection thread, and again on the loop.
-            return s.state_changes == changes and not fired(fn) and s.client._session_id == s.session_id
-
-        return proven
 
     async def wait_replaced(self, session: Session, key: str, term: Term) -> None:
         # Entries are ordered by sequence and a new one always comes last, so a leader is
